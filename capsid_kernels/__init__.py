@@ -1,0 +1,27 @@
+"""capsid-kernels: fused CAPSID capsule routing and trie-constrained decoding for PyTorch.
+
+Importing this package touches no GPU and compiles nothing; kernels load on first use.
+"""
+
+from .backends import BackendUnavailable
+from .config import PRESETS, CapsIDConfig
+from .modules import CapsIDTokenizer, CapsuleLayer
+from .ops import route, squash, tokenize
+from .reference import (
+    PAD_TOKEN,
+    STOP_CAP,
+    STOP_CONF,
+    STOP_RESID,
+    CONTINUE,
+    RouteOutput,
+    StackOutput,
+    codebook_centres,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable", "CapsIDConfig", "CapsIDTokenizer", "CapsuleLayer", "PRESETS",
+    "RouteOutput", "StackOutput", "CONTINUE", "STOP_CONF", "STOP_RESID", "STOP_CAP", "PAD_TOKEN",
+    "codebook_centres", "route", "squash", "tokenize", "__version__",
+]

@@ -1,0 +1,102 @@
+"""``nn.Module``s over the functional ops (layer 3 of 3): parameters, init, and nothing else."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .config import CapsIDConfig
+from .ops import route, tokenize
+from .reference import RouteOutput, StackOutput, codebook_centres, stack_diagnostics
+
+
+class CapsuleLayer(nn.Module):
+    """One depth of routing: vote transforms W [K, d_c, d], biases b [K, d_c], decoder D [d, d_c].
+
+    Initialised so a unit residual gives votes of norm about 1 (W ~ N(0, 1/d_c)), capsule
+    centres in distinct directions (b ~ N(0, 1/d_c)) and a norm-preserving decoder
+    (orthonormal columns, the identity when d_c = d).
+    """
+
+    def __init__(
+        self, d: int, capsules: int, capsule_dim: int, *, rounds: int = 3, mode: str = "soft",
+        eta: float = 1.0, tau: float = 0.82, eps: float = 0.08, precision: str = "exact",
+        backend: str = "auto", generator: Optional[torch.Generator] = None,
+        dtype: Optional[torch.dtype] = None, device=None,
+    ) -> None:
+        super().__init__()
+        kw = {"dtype": dtype, "device": device}
+        self.W = nn.Parameter(torch.empty(capsules, capsule_dim, d, **kw))
+        self.b = nn.Parameter(torch.empty(capsules, capsule_dim, **kw))
+        self.D = nn.Parameter(torch.empty(d, capsule_dim, **kw))
+        self.rounds, self.mode, self.eta, self.tau, self.eps = rounds, mode, eta, tau, eps
+        self.precision, self.backend = precision, backend
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        dc, d = self.W.shape[1], self.W.shape[2]
+        std = dc ** -0.5
+        self.W.copy_(torch.randn(self.W.shape, generator=generator) * std)
+        self.b.copy_(torch.randn(self.b.shape, generator=generator) * std)
+        q, _ = torch.linalg.qr(torch.randn(max(d, dc), min(d, dc), generator=generator, dtype=torch.float64))
+        self.D.copy_((q if d >= dc else q.T).to(self.D.dtype))
+
+    def forward(self, r: Tensor, *, last: bool = False, need_weights: bool = False,
+                need_onorm: bool = False) -> RouteOutput:
+        return route(
+            r, self.W, self.b, self.D, rounds=self.rounds, mode=self.mode, eta=self.eta, tau=self.tau,
+            eps=self.eps, last=last, need_weights=need_weights, need_onorm=need_onorm,
+            precision=self.precision, backend=self.backend,
+        )
+
+    def centres(self) -> Tensor:
+        """Codebook centres C_k = D squash(b_k), [K, d] (SPEC §3)."""
+        return codebook_centres(self.b, self.D)
+
+    def extra_repr(self) -> str:
+        k, dc, d = self.W.shape
+        return f"d={d}, capsules={k}, capsule_dim={dc}, rounds={self.rounds}, mode={self.mode}"
+
+
+class CapsIDTokenizer(nn.Module):
+    """The CAPSID tokenizer: L_max capsule layers with early stopping (SPEC §3).
+
+    ``tokenize(x)`` returns padded SIDs, lengths, stop reasons, the reconstruction and
+    per-depth records; ``diagnostics(out)`` summarises them.
+    """
+
+    def __init__(self, config: CapsIDConfig = CapsIDConfig(), *, seed: Optional[int] = 0,
+                 dtype: Optional[torch.dtype] = None, device=None) -> None:
+        super().__init__()
+        self.config = config
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.layers = nn.ModuleList(
+            CapsuleLayer(
+                config.d, k, config.capsule_dim, rounds=config.rounds, mode=config.mode, eta=config.eta,
+                tau=config.tau, eps=config.eps, precision=config.precision, backend=config.backend,
+                generator=generator, dtype=dtype, device=device,
+            )
+            for k in config.capsules_per_depth
+        )
+
+    def tokenize(self, x: Tensor, *, need_weights: bool = False) -> StackOutput:
+        if x.dim() != 2 or x.shape[-1] != self.config.d:
+            raise ValueError(f"x: expected shape [N, d={self.config.d}], got {tuple(x.shape)}")
+        c = self.config
+        return tokenize(
+            x.to(self.layers[0].W.dtype), [(m.W, m.b, m.D) for m in self.layers], rounds=c.rounds,
+            mode=c.mode, eta=c.eta, tau=c.tau, eps=c.eps, need_weights=need_weights,
+            precision=c.precision, backend=c.backend, check_inputs=c.check_inputs,
+        )
+
+    forward = tokenize
+
+    def diagnostics(self, out: StackOutput) -> dict:
+        return stack_diagnostics(out, self.config.capsules_per_depth)
+
+    def centres(self) -> list[Tensor]:
+        """Codebook centres per depth, [K_l, d] each."""
+        return [m.centres() for m in self.layers]

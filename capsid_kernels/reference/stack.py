@@ -1,0 +1,194 @@
+"""The tokenizer stack of SPEC §3: normalise, route depth by depth, stop, compact.
+
+Written once and shared by every backend: the per-depth layer is passed in as
+``route_fn`` (the eager reference, or the public op bound to a fast backend), so the
+stop rules, compaction and bookkeeping exist in one place only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .routing import CONTINUE, STOP_CAP, STOP_CONF, STOP_RESID, RouteOutput, route_reference
+from .squash import compute_dtype
+
+PAD_TOKEN = -1
+
+
+class DepthOutput(NamedTuple):
+    """What happened at one depth to the items that entered it (``index`` into the batch)."""
+
+    index: Tensor  # [M] int64, the items active at this depth
+    token: Tensor  # [M]
+    confidence: Tensor  # [M] q
+    onorm: Tensor  # [M] ||o|| of the last round
+    residual_norm: Tensor  # [M] ||r_l||
+    prev_residual_norm: Tensor  # [M] ||r_{l-1}||
+    stop_reason: Tensor  # [M]
+    weights: Optional[Tensor]  # [M, K] c*, on request
+
+
+class StackOutput(NamedTuple):
+    """Padded SIDs [N, L_max] (PAD_TOKEN after the end), lengths [N], stop reason [N],
+    reconstruction x_hat [N, d] and final residual [N, d] in the compute dtype, per-depth records."""
+
+    sids: Tensor
+    lengths: Tensor
+    stop_reason: Tensor
+    recon: Tensor
+    residual: Tensor
+    depths: tuple[DepthOutput, ...]
+
+
+def check_item_vectors(x: Tensor, name: str = "x") -> None:
+    """Zero or non-finite item vectors cannot be normalised: name the first offender."""
+    if x.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D tensor [N, d], got shape {tuple(x.shape)}")
+    if x.dtype not in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"{name}: expected a floating dtype (float64, float32, bfloat16), got {x.dtype}")
+    if x.shape[0] == 0:
+        return
+    bad_finite = ~torch.isfinite(x).all(dim=1)
+    if bool(bad_finite.any()):
+        i = int(bad_finite.nonzero()[0, 0])
+        raise ValueError(
+            f"{name}: item {i} has a non-finite value (NaN or Inf); {int(bad_finite.sum())} such items in all"
+        )
+    zero = (x == 0).all(dim=1)
+    if bool(zero.any()):
+        i = int(zero.nonzero()[0, 0])
+        raise ValueError(f"{name}: item {i} is the zero vector and cannot be normalised; {int(zero.sum())} such items")
+
+
+def normalise(x: Tensor) -> Tensor:
+    """r_0 = x / ||x|| in the compute dtype, returned in x's dtype."""
+    xc = x.to(compute_dtype(x.dtype))
+    return (xc / torch.linalg.vector_norm(xc, dim=-1, keepdim=True)).to(x.dtype)
+
+
+RouteFn = Callable[..., RouteOutput]
+
+
+def tokenize_stack(
+    x: Tensor,
+    layers: Sequence[tuple[Tensor, Tensor, Tensor]],
+    *,
+    rounds: int = 3,
+    mode: str = "soft",
+    eta: float = 1.0,
+    tau: float = 0.82,
+    eps: float = 0.08,
+    need_weights: bool = False,
+    route_fn: RouteFn = route_reference,
+    check_inputs: bool = True,
+) -> StackOutput:
+    """Tokenize N item vectors with ``len(layers)`` = L_max depths of (W, b, D).
+
+    Items that stop leave the batch (compaction); every depth's outputs are scattered
+    back to item order. Differentiable in x and every depth's parameters.
+    """
+    if check_inputs:
+        check_item_vectors(x)
+    if len(layers) == 0:
+        raise ValueError("layers: expected at least one depth of (W, b, D), got none")
+    n, device = x.shape[0], x.device
+    cd = compute_dtype(x.dtype)
+    l_max = len(layers)
+    r = normalise(x)
+
+    sids = torch.full((n, l_max), PAD_TOKEN, dtype=torch.int64, device=device)
+    lengths = torch.zeros(n, dtype=torch.int64, device=device)
+    reasons = torch.zeros(n, dtype=torch.int64, device=device)
+    recon = torch.zeros(n, x.shape[1], dtype=cd, device=device)
+    residual = torch.zeros(n, x.shape[1], dtype=cd, device=device)
+
+    active = torch.arange(n, device=device)
+    depths = []
+    for depth, (W, b, D) in enumerate(layers):
+        last = depth == l_max - 1
+        out = route_fn(
+            r, W, b, D, rounds=rounds, mode=mode, eta=eta, tau=tau, eps=eps, last=last,
+            need_weights=need_weights, need_onorm=True,
+        )
+        prev_norm = torch.linalg.vector_norm(r.to(cd), dim=-1)
+        res_c = out.residual.to(cd)
+        res_norm = torch.linalg.vector_norm(res_c, dim=-1)
+        sids[active, depth] = out.token
+        recon = recon.index_add(0, active, out.recon.to(cd))
+        depths.append(
+            DepthOutput(active, out.token, out.confidence, out.onorm, res_norm, prev_norm, out.stop_reason, out.weights)
+        )
+        stopped = out.stop_reason != CONTINUE
+        stop_idx = active[stopped]
+        lengths[stop_idx] = depth + 1
+        reasons[stop_idx] = out.stop_reason[stopped]
+        residual = residual.index_copy(0, stop_idx, res_c[stopped])
+        keep = ~stopped
+        active, r = active[keep], out.residual[keep]
+        if active.numel() == 0:
+            break
+    return StackOutput(sids, lengths, reasons, recon, residual, tuple(depths))
+
+
+@torch.no_grad()
+def stack_diagnostics(out: StackOutput, capsules: Sequence[int]) -> dict:
+    """Per-depth and whole-catalogue SID statistics (SPEC §3 and §8), as plain Python numbers."""
+    n = int(out.lengths.shape[0])
+    per_depth = []
+    for depth, rec in enumerate(out.depths):
+        m = int(rec.index.numel())
+        k = capsules[depth]
+        usage = torch.bincount(rec.token, minlength=k).cpu()
+        winner = torch.where(rec.onorm > 0, rec.confidence / rec.onorm.clamp_min(1e-30), torch.zeros_like(rec.onorm))
+        per_depth.append(
+            {
+                "depth": depth + 1,
+                "active": m,
+                "stops": {name: int((rec.stop_reason == code).sum()) for code, name in
+                          ((STOP_CONF, "conf"), (STOP_RESID, "resid"), (STOP_CAP, "cap"))},
+                "mean_winner_weight": float(winner.double().mean()) if m else float("nan"),
+                "mean_confidence": float(rec.confidence.double().mean()) if m else float("nan"),
+                "residual_grew": float((rec.residual_norm > rec.prev_residual_norm).double().mean()) if m else float("nan"),
+                "codes_used": int((usage > 0).sum()),
+                "code_usage": usage.tolist(),
+            }
+        )
+    length_hist = torch.bincount(out.lengths, minlength=len(capsules) + 1).cpu().tolist()
+    unique = torch.unique(out.sids, dim=0).shape[0] if n else 0
+    total_codes = sum(capsules[: len(out.depths)])
+    used_codes = sum(d["codes_used"] for d in per_depth)
+    return {
+        "items": n,
+        "mean_length": float(out.lengths.double().mean()) if n else float("nan"),
+        "length_histogram": {i: c for i, c in enumerate(length_hist) if i > 0},
+        "stop_fractions": {name: float((out.stop_reason == code).double().mean()) if n else float("nan")
+                           for code, name in ((STOP_CONF, "conf"), (STOP_RESID, "resid"), (STOP_CAP, "cap"))},
+        "collision_rate": 1.0 - unique / n if n else float("nan"),
+        "code_utilisation": used_codes / total_codes if total_codes else float("nan"),
+        "depths": per_depth,
+    }
+
+
+def concat_outputs(parts: Sequence[StackOutput]) -> StackOutput:
+    """Join the outputs of consecutive item chunks into one, as if tokenized in one call."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets, total = [], 0
+    for p in parts:
+        offsets.append(total)
+        total += p.lengths.shape[0]
+    depths = []
+    for depth in range(max(len(p.depths) for p in parts)):
+        recs = [(off, p.depths[depth]) for off, p in zip(offsets, parts) if depth < len(p.depths)]
+        fields = []
+        for name in DepthOutput._fields:
+            vals = [getattr(rec, name) for _, rec in recs]
+            if name == "index":
+                vals = [v + off for (off, _), v in zip(recs, vals)]
+            fields.append(None if vals[0] is None else torch.cat(vals))
+        depths.append(DepthOutput(*fields))
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+    return StackOutput(cat("sids"), cat("lengths"), cat("stop_reason"), cat("recon"), cat("residual"), tuple(depths))

@@ -1,0 +1,1 @@
+"""CAPSID: soft-routed variable-length semantic IDs for generative recommendation."""

@@ -1,0 +1,216 @@
+"""Loader for Amazon review sequences in the S3-Rec layout (SPEC §10).
+
+Files in `directory` (only `<name>.txt` is required; see shared/data/amazon-beauty/SOURCE.md):
+- `<name>.txt`: `user item item ...` per line, 1-based ids, chronological.
+- `<name>_item2attributes.json`: `{"<item id>": [attribute id, ...]}`.
+- `datamaps.json`: `id2item` maps item id -> ASIN, the key into the item table.
+- `Amazon_<name>.item`: RecBole TSV (csv quoting) with title, categories, price, brand.
+
+Every malformed input raises DataError naming the file, the line or id, and the fault: a
+silently skipped line would shift every later user and corrupt the split without a trace.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import DataError, SequenceDataset
+
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")  # one category in RecBole's token_seq field
+
+
+def default_beauty_dir() -> Path | None:
+    """Where Beauty lives: $CAPSID_BEAUTY_DIR, else the shared copy beside the repo, else None."""
+    env = os.environ.get("CAPSID_BEAUTY_DIR")
+    if env:
+        return Path(env)
+    shared = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "amazon-beauty"
+    return shared if shared.is_dir() else None
+
+
+def load_amazon(
+    directory: str | os.PathLike | None = None,
+    name: str = "Beauty",
+    with_metadata: bool = True,
+    min_items: int = 3,
+) -> SequenceDataset:
+    """Load `<name>.txt` and, when present and `with_metadata`, item text and attributes.
+
+    Ids become 0-based. n_items is the size of datamaps' `id2item` when it is read, else the
+    largest item id in the sequences. `min_items` = 3 is the least leave-one-out can split.
+    """
+    if directory is None:
+        directory = default_beauty_dir()
+        if directory is None:
+            raise FileNotFoundError(
+                "no Amazon data directory given and none found: pass one, or set "
+                "CAPSID_BEAUTY_DIR to the folder holding Beauty.txt"
+            )
+    root = Path(directory)
+    seq_path = root / f"{name}.txt"
+    if not seq_path.is_file():
+        raise FileNotFoundError(f"{seq_path}: sequence file not found")
+
+    id2item = None
+    maps_path = root / "datamaps.json"
+    if with_metadata and maps_path.is_file():
+        id2item = _read_id2item(maps_path)
+    sequences = _read_sequences(seq_path, len(id2item) if id2item else None, min_items)
+    n_items = len(id2item) if id2item else int(max(s.max() for s in sequences)) + 1
+
+    item_text = item_attributes = None
+    if with_metadata:
+        attr_path = root / f"{name}_item2attributes.json"
+        if attr_path.is_file():
+            item_attributes = _read_attributes(attr_path, n_items)
+        table_path = root / f"Amazon_{name}.item"
+        if table_path.is_file():
+            if id2item is None:
+                raise DataError(
+                    f"{table_path}: item table found but {maps_path} is missing, and the join "
+                    "from item id to ASIN needs it; add it or pass with_metadata=False"
+                )
+            item_text = _read_item_text(table_path, id2item)
+    return SequenceDataset(
+        n_items=n_items,
+        sequences=sequences,
+        item_text=item_text,
+        item_attributes=item_attributes,
+        name=name,
+    )
+
+
+def _read_sequences(path: Path, n_items: int | None, min_items: int) -> list[np.ndarray]:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    while lines and not lines[-1].strip():  # blank lines may end the file, not split it
+        lines.pop()
+    flat: list[int] = []
+    lengths: list[int] = []
+    seen_users: dict[int, int] = {}
+    for lineno, line in enumerate(lines, start=1):
+        tokens = line.split()
+        if not tokens:
+            raise DataError(f"{path}:{lineno}: empty line")
+        bad = next((t for t in tokens if not (t.isascii() and t.isdigit())), None)
+        if bad is not None:
+            raise DataError(f"{path}:{lineno}: {bad!r} is not a non-negative integer id")
+        user = int(tokens[0])
+        if user in seen_users:
+            first = seen_users[user]
+            raise DataError(f"{path}:{lineno}: user {user} already appeared on line {first}")
+        seen_users[user] = lineno
+        if len(tokens) - 1 < min_items:
+            raise DataError(
+                f"{path}:{lineno}: user {user} has {len(tokens) - 1} items, at least "
+                f"{min_items} needed (leave-one-out needs train, validation and test)"
+            )
+        items = [int(t) for t in tokens[1:]]
+        low, high = min(items), max(items)
+        if low < 1 or (n_items is not None and high > n_items):
+            wrong = low if low < 1 else high
+            limit = f"1..{n_items}" if n_items is not None else "1 or more"
+            raise DataError(
+                f"{path}:{lineno}: item id {wrong} out of range ({limit}; ids are 1-based)"
+            )
+        flat.extend(items)
+        lengths.append(len(items))
+    if not lengths:
+        raise DataError(f"{path}: no users")
+    ids = np.array(flat, dtype=np.int64) - 1
+    return np.split(ids, np.cumsum(lengths)[:-1])
+
+
+def _read_id2item(path: Path) -> dict[int, str]:
+    raw = _read_json(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("id2item"), dict):
+        raise DataError(f"{path}: expected a JSON object with an 'id2item' object")
+    id2item: dict[int, str] = {}
+    for key, asin in raw["id2item"].items():
+        if not (key.isascii() and key.isdigit()) or int(key) < 1:
+            raise DataError(f"{path}: id2item has item id {key!r}, expected a 1-based integer")
+        id2item[int(key) - 1] = asin
+    missing = set(range(len(id2item))) - id2item.keys()
+    if missing:
+        raise DataError(
+            f"{path}: id2item has {len(id2item)} entries but lacks item id {min(missing) + 1}; "
+            "ids must run 1..N without gaps"
+        )
+    return id2item
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _read_attributes(path: Path, n_items: int) -> list[np.ndarray]:
+    """Attribute ids become 0-based like item ids; an item absent from the file gets none."""
+    raw = _read_json(path)
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a JSON object of item id -> attribute id list")
+    out = [np.zeros(0, dtype=np.int64) for _ in range(n_items)]
+    for key, attrs in raw.items():
+        if not (key.isascii() and key.isdigit()) or not 1 <= int(key) <= n_items:
+            raise DataError(f"{path}: unknown item id {key!r} (items are 1..{n_items})")
+        if not isinstance(attrs, list) or not all(type(a) is int and a >= 1 for a in attrs):
+            raise DataError(f"{path}: item id {key}: attributes must be a list of integers >= 1")
+        out[int(key) - 1] = np.array(attrs, dtype=np.int64) - 1
+    return out
+
+
+def _read_item_text(path: Path, id2item: dict[int, str]) -> list[str]:
+    """One "title; brand B; categories; price P" string per item, empty fields left out."""
+    asin_to_item = {asin: item for item, asin in id2item.items()}
+    text: list[str | None] = [None] * len(id2item)
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = [h.split(":")[0] for h in next(reader, [])]
+        need = ("item_id", "title", "categories", "price", "brand")
+        if any(n not in header for n in need):
+            raise DataError(f"{path}:1: header {header} lacks one of {list(need)}")
+        col = {n: header.index(n) for n in need}
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if len(row) != len(header):
+                raise DataError(f"{where}: {len(row)} fields, header has {len(header)}")
+            asin = row[col["item_id"]]
+            item = asin_to_item.get(asin)
+            if item is None:
+                raise DataError(f"{where}: unknown item id {asin!r} (not in datamaps id2item)")
+            if text[item] is not None:
+                raise DataError(f"{where}: item id {asin!r} appears twice")
+            text[item] = _item_text(row, col, where)
+    absent = [i for i, t in enumerate(text) if t is None]
+    if absent:
+        raise DataError(
+            f"{path}: no row for {len(absent)} items, e.g. item id {absent[0] + 1} "
+            f"(ASIN {id2item[absent[0]]!r})"
+        )
+    return text  # type: ignore[return-value]
+
+
+def _item_text(row: list[str], col: dict[str, int], where: str) -> str:
+    def clean(s: str) -> str:
+        # Twice: a few rows are escaped twice ("Kirk&amp;#39;s"). split() also folds the
+        # newline inside one title and the &nbsp; entities into single spaces.
+        return " ".join(html.unescape(html.unescape(s)).split())
+
+    title, brand = clean(row[col["title"]]), clean(row[col["brand"]])
+    categories = ", ".join(clean(a or b) for a, b in _QUOTED.findall(row[col["categories"]]))
+    price = row[col["price"]].strip()
+    if price:
+        try:
+            price = f"price {float(price):.2f}"
+        except ValueError:
+            raise DataError(f"{where}: price {price!r} is not a number") from None
+    parts = (title, f"brand {brand}" if brand else "", categories, price)
+    return "; ".join(p for p in parts if p)
