@@ -1,5 +1,7 @@
 """Backend selection: which implementation serves an op, and why the others cannot.
 
+Each fast backend declares, per op, a support check ``(device_type, dtype) -> reason | None``
+with ``@supports(op, backend)``; an op/backend pair with no check has no kernel.
 ``backend="auto"`` takes the first backend in ``PREFERENCE`` that can run the inputs;
 asking for a specific one that cannot run raises ``BackendUnavailable`` with the reason.
 The choice depends only on (op, requested, device type, dtype), so under ``torch.compile``
@@ -8,7 +10,7 @@ it is made once at trace time and baked into the graph.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -18,12 +20,23 @@ OPS = ("squash", "route", "tokenize")
 BACKENDS = ("eager", "triton", "cuda")
 # The fast backends, fastest first; "eager" always closes the list.
 PREFERENCE = ("cuda", "triton")
-_CUDA_OPS = ("squash",)
-_CUDA_DTYPES = (torch.float64, torch.float32, torch.bfloat16)
+
+SupportCheck = Callable[[str, torch.dtype], Optional[str]]
+_CHECKS: dict[tuple[str, str], SupportCheck] = {}
 
 
 class BackendUnavailable(RuntimeError):
     """A backend was asked for by name and cannot run these inputs."""
+
+
+def supports(op: str, backend: str) -> Callable[[SupportCheck], SupportCheck]:
+    """Declare that ``backend`` has a kernel for ``op``; the decorated check says when it can run."""
+
+    def register(check: SupportCheck) -> SupportCheck:
+        _CHECKS[(op, backend)] = check
+        return check
+
+    return register
 
 
 def unsupported_reason(op: str, backend: str, device_type: str, dtype: torch.dtype) -> Optional[str]:
@@ -32,18 +45,13 @@ def unsupported_reason(op: str, backend: str, device_type: str, dtype: torch.dty
         raise ValueError(f"op: expected one of {OPS}, got {op!r}")
     if backend == "eager":
         return None
-    if backend == "triton":
-        return f"no Triton kernel for '{op}' in this version (the eager reference serves it)"
-    if backend == "cuda":
-        target = "route" if op == "tokenize" else op
-        if target not in _CUDA_OPS:
-            return f"no CUDA C++ kernel for '{op}' in this version (the eager reference serves it)"
-        if device_type != "cuda":
-            return f"the cuda backend needs CUDA tensors, got tensors on '{device_type}'"
-        if dtype not in _CUDA_DTYPES:
-            return f"the cuda backend supports float64, float32 and bfloat16, got {dtype}"
-        return _ext.error()
-    raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
+    check = _CHECKS.get((op, backend))
+    if check is None:
+        kind = "Triton kernel" if backend == "triton" else "CUDA C++ kernel"
+        return f"no {kind} for '{op}' in this version (the eager reference serves it)"
+    return check(device_type, dtype)
 
 
 @torch.compiler.assume_constant_result
@@ -58,3 +66,19 @@ def select(op: str, requested: str, device_type: str, dtype: torch.dtype) -> str
     if reason is not None:
         raise BackendUnavailable(f"backend={requested!r} cannot run op '{op}': {reason}")
     return requested
+
+
+def cuda_extension_reason(device_type: str, dtype: torch.dtype,
+                          dtypes=(torch.float64, torch.float32, torch.bfloat16)) -> Optional[str]:
+    """The common conditions of every op of the C++ extension."""
+    if device_type != "cuda":
+        return f"the cuda backend needs CUDA tensors, got tensors on '{device_type}'"
+    if dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        return f"the cuda backend supports {names}, got {dtype}"
+    return _ext.error()
+
+
+@supports("squash", "cuda")
+def _squash_cuda(device_type: str, dtype: torch.dtype) -> Optional[str]:
+    return cuda_extension_reason(device_type, dtype)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: build the extension in place, run the GPU-marked and full
+# test suites, and (optionally) benchmarks. Logs go to $OUT (or ./gpu-logs).
+# Usage: bash scripts/gpu_check.sh [pytest -k expression] ; BENCH="bench/routing.py ..." to add benches.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-./gpu-logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+
+start=$(date +%s)
+TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
+  $PY setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1
+echo "build rc=$? in $(( $(date +%s) - start )) s (log: build.log)"
+$PY -m capsid_kernels.info | tee "$OUT/info.txt"
+
+K=${1:-}
+$PY -m pytest -q -m gpu ${K:+-k "$K"} -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+if [ -z "${SKIP_FULL:-}" ]; then
+  $PY -m pytest -q -m "not gpu" -x ${K:+-k "$K"} -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cpu_suite_on_gpu_host.log" | tail -5
+fi
+if [ -n "${CMAKE:-}" ]; then  # the CMake build and CTest (C++ tests), and memcheck on the squash test
+  cmake -S . -B build-gpu -DPython3_EXECUTABLE="$(command -v $PY)" > "$OUT/cmake.log" 2>&1 \
+    && cmake --build build-gpu -j 16 >> "$OUT/cmake.log" 2>&1 \
+    && ctest --test-dir build-gpu --output-on-failure 2>&1 | tee -a "$OUT/cmake.log" | tail -4
+  echo "cmake+ctest rc=$?"
+  if command -v compute-sanitizer > /dev/null && [ -x build-gpu/test_squash ]; then
+    compute-sanitizer --tool memcheck build-gpu/test_squash 2>&1 | tail -3 | tee "$OUT/memcheck.log"
+    compute-sanitizer --tool racecheck build-gpu/test_squash 2>&1 | tail -2 | tee -a "$OUT/memcheck.log"
+  fi
+fi
+for bench in ${BENCH:-}; do
+  echo "== $bench"
+  $PY "$bench" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log" | tail -40
+done
