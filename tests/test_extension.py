@@ -7,6 +7,8 @@ build, the registration, the fake implementations and the autograd wiring withou
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,10 +66,22 @@ def test_cpp_op_opcheck_and_gradcheck_cpu():
 
 @needs_ext
 def test_cpp_op_argument_errors():
-    with pytest.raises(RuntimeError, match=r"z: expected dtype float32, float64 or bfloat16, got Long"):
-        torch.ops.capsid_C.squash_forward(torch.ones(3, dtype=torch.int64))
-    with pytest.raises(RuntimeError, match=r"grad: expected the shape of z"):
-        torch.ops.capsid_C.squash_backward(torch.ones(3), torch.ones(4))
+    # In a subprocess: an error path that crashed would otherwise take the whole suite down.
+    code = (
+        "import torch, capsid_kernels._ext as e; e.load()\n"
+        "for args, want in (((torch.ones(3, dtype=torch.int64),), 'z: expected dtype float32, float64 or bfloat16, got Long'),\n"
+        "                   ((torch.ones(3), torch.ones(4)), 'grad: expected the shape of z')):\n"
+        "    op = torch.ops.capsid_C.squash_forward if len(args) == 1 else torch.ops.capsid_C.squash_backward\n"
+        "    try:\n"
+        "        op(*args)\n"
+        "    except RuntimeError as exc:\n"
+        "        assert want in str(exc), str(exc)\n"
+        "    else:\n"
+        "        raise AssertionError('no error for ' + want)\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", (res.returncode, res.stdout, res.stderr[-2000:])
 
 
 @pytest.mark.gpu

@@ -4,6 +4,7 @@
 #include <ATen/Context.h>
 
 #include <cstdio>
+#include <string>
 
 #include "squash.h"
 
@@ -30,7 +31,23 @@ at::Tensor formula(const at::Tensor& z) {
 
 }  // namespace
 
+void expect_throws_naming(const char* what, const char* needle, void (*fn)()) {
+  try {
+    fn();
+    std::printf("FAIL %s: no error raised\n", what);
+    ++failures;
+  } catch (const c10::Error& e) {
+    const bool named = std::string(e.what_without_backtrace()).find(needle) != std::string::npos;
+    std::printf("%s %s: %s\n", named ? "ok  " : "FAIL", what, e.what_without_backtrace());
+    failures += named ? 0 : 1;
+  }
+}
+
 int main() {
+  expect_throws_naming("integer input rejected", "z: expected dtype float32, float64 or bfloat16",
+                       [] { capsid::squash_forward_cpu(at::ones({3}, at::kLong)); });
+  expect_throws_naming("shape mismatch rejected", "grad: expected the shape of z",
+                       [] { capsid::squash_backward_cpu(at::ones({3}), at::ones({4})); });
   at::manual_seed(0);
   for (auto shape : {std::vector<int64_t>{7, 5}, {130, 64}, {3, 4, 33}, {1, 1}}) {
     const auto z = at::randn(shape, at::kDouble) * 1.5;
