@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty_like.h>
+#include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -16,7 +17,7 @@ void check_squash_input(const at::Tensor& z, const char* name) {
   TORCH_CHECK(z.dim() >= 1, name, ": expected at least one dimension, got a 0-d tensor");
   const auto t = z.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16, name,
-              ": expected dtype float32, float64 or bfloat16, got ", t);
+              ": expected dtype float32, float64 or bfloat16, got ", c10::toString(t));
 }
 
 void check_squash_pair(const at::Tensor& grad, const at::Tensor& z) {
