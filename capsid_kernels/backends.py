@@ -82,3 +82,15 @@ def cuda_extension_reason(device_type: str, dtype: torch.dtype,
 @supports("squash", "cuda")
 def _squash_cuda(device_type: str, dtype: torch.dtype) -> Optional[str]:
     return cuda_extension_reason(device_type, dtype)
+
+
+OPS = OPS + ("beam_step",)
+
+
+@supports("beam_step", "cuda")
+def _beam_step_cuda(device_type: str, dtype: torch.dtype) -> Optional[str]:
+    reason = cuda_extension_reason(device_type, dtype, dtypes=(torch.float32, torch.bfloat16))
+    if reason is None and not hasattr(torch.ops.capsid_C, "beam_step"):
+        return "the built extension predates the beam_step op: rebuild it (python setup.py build_ext --inplace)"
+    return reason
+from .triton import support as _triton_support  # noqa: E402,F401  (registers the Triton checks; imports no Triton)

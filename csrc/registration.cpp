@@ -18,3 +18,14 @@ TORCH_LIBRARY_IMPL(capsid_C, CUDA, m) {
   m.impl("squash_forward", &capsid::squash_forward_cuda);
   m.impl("squash_backward", &capsid::squash_backward_cuda);
 }
+
+// Trie-constrained beam step (csrc/beam_step.cu); the torch fallback serves CPU tensors.
+#include "beam_step.h"
+
+TORCH_LIBRARY_FRAGMENT(capsid_C, m) {
+  m.def(
+      "beam_step(Tensor logits, Tensor node, Tensor score, Tensor finished, Tensor child_start, Tensor token, "
+      "Tensor end_bits, int num_beams) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(capsid_C, CUDA, m) { m.impl("beam_step", &capsid::beam_step_cuda); }

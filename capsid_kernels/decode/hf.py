@@ -1,0 +1,100 @@
+"""Trie constraint for Hugging Face ``generate`` (optional dependency, imported lazily).
+
+    from capsid_kernels.decode.hf import TrieLogitsProcessor
+    trie = capsid_kernels.build_trie(sid_paths, vocab_size=model.config.vocab_size).to("cuda")
+    out = model.generate(input_ids, num_beams=50, num_return_sequences=50, max_new_tokens=trie.max_len + 1,
+                         logits_processor=[TrieLogitsProcessor(trie)], length_penalty=0.0,
+                         eos_token_id=2, pad_token_id=0, decoder_start_token_id=1)
+
+Each call walks every row's generated tokens down the trie at once (a vectorised binary
+search per position over the sorted child tokens) and keeps only the children's scores:
+no per-beam Python loop and no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .trie import EOS, PAD, Trie
+
+
+def trie_nodes(trie: Trie, generated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Walk rows of generated tokens [R, t] from the root: (node int64, finished, valid)."""
+    rows, steps = generated.shape
+    dev = generated.device
+    node = torch.zeros(rows, dtype=torch.int64, device=dev)
+    finished = torch.zeros(rows, dtype=torch.bool, device=dev)
+    valid = torch.ones(rows, dtype=torch.bool, device=dev)
+    cs = trie.child_start.long()
+    toks = trie.token.long()
+    inner_max = max(trie.num_inner - 1, 0)
+    iters = max(int(trie.max_fanout), 1).bit_length()
+    for col in range(steps):
+        tok = generated[:, col].long()
+        live = valid & ~finished
+        took_eos = live & (tok == EOS) & trie.is_end(node)
+        inner = node < trie.num_inner
+        lo = torch.where(inner, cs[node.clamp(max=inner_max)], 0)
+        hi = torch.where(inner, cs[node.clamp(max=inner_max) + 1], 0)
+        a, b = lo.clone(), hi.clone()
+        for _ in range(iters):  # first child with token >= tok
+            active = a < b
+            mid = (a + b) // 2
+            less = active & (toks[mid.clamp(max=toks.numel() - 1)] < tok)
+            a = torch.where(less, mid + 1, a)
+            b = torch.where(active & ~less, mid, b)
+        found = (a < hi) & (toks[a.clamp(max=toks.numel() - 1)] == tok)
+        step_ok = took_eos | found | (finished & (tok == PAD))
+        valid = valid & (step_ok | finished)
+        node = torch.where(live & found & ~took_eos, a, node)
+        finished = finished | took_eos
+    return node, finished, valid
+
+
+def allowed_scores(trie: Trie, node: Tensor, finished: Tensor, valid: Tensor, scores: Tensor) -> Tensor:
+    """``scores`` kept on each row's allowed tokens (children, EOS at ends, PAD once finished), -inf elsewhere."""
+    f = max(int(trie.max_fanout), 1)
+    live = valid & ~finished
+    inner = node < trie.num_inner
+    inner_max = max(trie.num_inner - 1, 0)
+    cs = trie.child_start.long()
+    lo = torch.where(inner & live, cs[node.clamp(max=inner_max)], 0)
+    hi = torch.where(inner & live, cs[node.clamp(max=inner_max) + 1], 0)
+    is_end = trie.is_end(node) & live
+    rank = torch.arange(f, device=scores.device)
+    count = is_end.long() + hi - lo
+    child = (lo - is_end.long())[:, None] + rank[None, :]
+    tok = torch.where(is_end[:, None] & (rank[None, :] == 0), EOS,
+                      trie.token.long()[child.clamp(0, trie.num_nodes - 1)])
+    ok = rank[None, :] < count[:, None]
+    tok = torch.where(ok, tok, tok[:, :1])  # padding slots repeat the first allowed token
+    tok = torch.where((valid & finished)[:, None], PAD, tok)
+    keep = (live & (count > 0)) | (valid & finished)
+    out = torch.full_like(scores, float("-inf"))
+    out.scatter_(1, tok, scores.gather(1, tok))
+    return torch.where(keep[:, None], out, float("-inf"))
+
+
+class TrieLogitsProcessor:
+    """``LogitsProcessor``-style callable: ``(input_ids [R, t], scores [R, V]) -> scores``.
+
+    ``prefix_len`` tokens at the start of each row (the decoder start token) are skipped.
+    """
+
+    def __init__(self, trie: Trie, prefix_len: int = 1):
+        self.trie = trie
+        self.prefix_len = prefix_len
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        trie = self.trie if self.trie.device == scores.device else self.trie.to(scores.device)
+        self.trie = trie
+        node, finished, valid = trie_nodes(trie, input_ids[:, self.prefix_len:])
+        return allowed_scores(trie, node, finished, valid, scores)
+
+
+def as_logits_processor_list(trie: Trie, prefix_len: int = 1):
+    """A ``transformers.LogitsProcessorList`` holding the trie constraint (needs transformers)."""
+    from transformers import LogitsProcessorList  # noqa: PLC0415 (optional dependency)
+
+    return LogitsProcessorList([TrieLogitsProcessor(trie, prefix_len)])

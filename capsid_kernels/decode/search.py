@@ -1,0 +1,114 @@
+"""``beam_search``: the trie-constrained decoding loop around a generator's step function.
+
+The loop runs ``trie.max_len + 1`` steps (the longest SID plus its EOS), which is when every
+beam has finished or is empty; nothing in it reads GPU values on the host unless
+``early_exit=True`` (one sync per step) or ``live_only=True`` (compaction needs the count),
+so with a capturable ``step_fn`` the loop can be recorded as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .beam_step import beam_step
+from .trie import BOS, Trie
+
+
+@dataclass
+class Beams:
+    """What the generator sees each step (rows r = q * B + b)."""
+
+    step: int
+    tokens: Tensor    # int64 [R]: the token each beam took last (BOS at step 0, PAD once finished)
+    parent: Tensor    # int64 [R]: global row each beam came from (identity at step 0)
+    node: Tensor      # int32 [R]: trie node, -1 = empty beam
+    score: Tensor     # float32 [R]
+    finished: Tensor  # bool [R]
+    rows: Optional[Tensor] = None  # with live_only=True: the rows passed to step_fn
+
+    @property
+    def live(self) -> Tensor:
+        return (self.node >= 0) & ~self.finished
+
+
+@dataclass
+class SearchResult:
+    items: Tensor        # int64 [Q, top_k], -1 past the last item found
+    item_scores: Tensor  # float32 [Q, top_k], -inf past the last item found
+    leaves: Tensor       # int64 [Q, B]: leaf id of each final beam, -1 when empty
+    scores: Tensor       # float32 [Q, B]: final beam scores, descending
+    node: Tensor         # int32 [Q, B]: end node of each final beam
+
+
+StepFn = Callable[[Beams], Tensor]
+
+
+def initial_beams(num_queries: int, num_beams: int, device) -> Beams:
+    """One live beam at the root per query, the rest empty (so step 1 does not repeat candidates)."""
+    rows = num_queries * num_beams
+    first = torch.arange(rows, device=device) % num_beams == 0
+    node = torch.where(first, 0, -1).to(torch.int32)
+    score = torch.where(first, 0.0, float("-inf")).to(torch.float32)
+    return Beams(step=0, tokens=torch.full((rows,), BOS, dtype=torch.int64, device=device),
+                 parent=torch.arange(rows, device=device), node=node, score=score, finished=~first)
+
+
+def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *, top_k: Optional[int] = None,
+                reorder_cache: Optional[Callable[[Tensor], None]] = None, backend: str = "auto",
+                live_only: bool = False, early_exit: bool = False, device=None) -> SearchResult:
+    """Decode ``num_queries`` queries with ``num_beams`` beams constrained to ``trie``.
+
+    ``step_fn(beams) -> logits [R, V]`` (or [len(beams.rows), V] with ``live_only``) runs the
+    generator on each beam's last token; before it is called for step t >= 1,
+    ``reorder_cache(parent)`` lets the generator reorder its KV cache by the global parent rows.
+    Returns the top-K items per query: finished beams in score order, each leaf expanded to its
+    items (most popular first); K defaults to ``num_beams``.
+    """
+    device = torch.device(device) if device is not None else trie.device
+    beams = initial_beams(num_queries, num_beams, device)
+    rows = num_queries * num_beams
+    for step in range(trie.max_len + 1):
+        beams.step = step
+        if live_only:
+            beams.rows = beams.live.nonzero().squeeze(1)
+            part = step_fn(beams)
+            logits = part.new_zeros(rows, part.shape[1]).index_copy_(0, beams.rows, part)
+        else:
+            logits = step_fn(beams)
+        out = beam_step(logits, beams.node, beams.score, beams.finished, trie, num_beams, backend=backend)
+        if reorder_cache is not None:
+            reorder_cache(out.parent)
+        beams = Beams(step=step + 1, tokens=out.token, parent=out.parent, node=out.node, score=out.score,
+                      finished=out.finished)
+        if early_exit and bool(beams.finished.all()):
+            break
+    return collect_items(trie, beams, num_queries, num_beams, top_k or num_beams)
+
+
+def collect_items(trie: Trie, beams: Beams, num_queries: int, num_beams: int, top_k: int) -> SearchResult:
+    """Expand each finished beam's leaf to its items, in beam (score) order, without host syncs."""
+    q, b = num_queries, num_beams
+    node = beams.node.view(q, b)
+    done = (node >= 0) & beams.finished.view(q, b)
+    safe = node.clamp(min=0)
+    leaf = torch.where(done, trie.leaf_of(safe), -1)
+    ls = trie.leaf_start.long()
+    lo = torch.where(done, ls[leaf.clamp(min=0)], 0)
+    count = torch.where(done, ls[leaf.clamp(min=0) + 1] - lo, 0)
+    cum = torch.cumsum(count, dim=1)                                   # [Q, B]
+    k = torch.arange(top_k, device=node.device)
+    beam_of = torch.searchsorted(cum, k.expand(q, top_k).contiguous(), right=True)  # [Q, K]
+    found = beam_of < b
+    beam_of = beam_of.clamp(max=b - 1)
+    before = cum.gather(1, beam_of) - count.gather(1, beam_of)
+    pos = lo.gather(1, beam_of) + (k[None, :] - before)
+    item = trie.items.long()[pos.clamp(0, max(trie.num_items - 1, 0))]
+    score = beams.score.view(q, b).gather(1, beam_of)
+    items = torch.where(found, item, -1)
+    item_scores = torch.where(found, score, float("-inf"))
+    return SearchResult(items=items, item_scores=item_scores, leaves=leaf,
+                        scores=beams.score.view(q, b), node=node)

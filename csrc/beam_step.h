@@ -1,0 +1,16 @@
+// One trie-constrained beam step (SPEC §7) on the GPU, no host synchronisation.
+// Contract (shapes, tie order, empty beams): capsid_kernels/decode/beam_step_torch.py.
+#pragma once
+
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+
+namespace capsid {
+
+// Returns (token int64, parent int64, node int32, score float32, finished bool), each [Q*B].
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cuda(
+    const at::Tensor& logits, const at::Tensor& node, const at::Tensor& score, const at::Tensor& finished,
+    const at::Tensor& child_start, const at::Tensor& token, const at::Tensor& end_bits, int64_t num_beams);
+
+}  // namespace capsid

@@ -1,0 +1,324 @@
+"""Trie-constrained beam step and search: exact against brute force; CUDA against the torch step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import capsid_kernels as ck
+from capsid_kernels.decode.beam_step import beam_step, beam_step_eager
+from capsid_kernels.decode.search import initial_beams
+from capsid_kernels.decode.trie import EOS, PAD, build_trie
+from test_trie import all_paths
+
+from conftest import poison_cuda_cache
+
+V = 12
+NEG_INF = float("-inf")
+
+
+def table_step_fn(table: torch.Tensor):
+    """A 'model' whose logits depend only on the beam's trie node (= its prefix)."""
+    return lambda beams: table[beams.node.clamp(min=0).long()]
+
+
+def exhaustive(trie, table):
+    """(score, leaf) of every item path under table-logits, best first, in float64."""
+    logp = torch.log_softmax(table.double(), dim=-1)
+    out = []
+    for codes, leaf in all_paths(trie):
+        node, s = 0, 0.0
+        for tok in codes:
+            toks, kids = trie.children(node)
+            s += float(logp[node, tok])
+            node = kids[toks.index(tok)]
+        s += float(logp[node, EOS])
+        out.append((s, leaf))
+    return sorted(out, key=lambda x: -x[0])
+
+
+def step_reference(logits, node, score, finished, trie, b):
+    """One step by enumeration: candidates sorted by (-score, beam, token), top B per query."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    rows = logits.shape[0]
+    res = []
+    for q in range(rows // b):
+        cands = []
+        for beam in range(b):
+            r = q * b + beam
+            n = int(node[r])
+            if n < 0:
+                continue
+            if bool(finished[r]):
+                cands.append((float(score[r]), beam, PAD, n, True, r))
+                continue
+            toks, kids = trie.children(n)
+            for tok, kid in zip(toks, kids):
+                s = float(score[r].float() + logp[r, tok])
+                cands.append((s, beam, tok, kid, tok == EOS, r))
+        cands = [c for c in cands if c[0] > NEG_INF]
+        cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+        for j in range(b):
+            if j < len(cands):
+                s, _, tok, kid, fin, r = cands[j]
+                res.append((tok, r, kid, s, fin))
+            else:
+                res.append((PAD, q * b + j, -1, NEG_INF, True))
+    return res
+
+
+def as_rows(out):
+    return list(zip(out.token.tolist(), out.parent.tolist(), out.node.tolist(), out.score.tolist(),
+                    out.finished.tolist()))
+
+
+sids = st.lists(st.lists(st.integers(3, V - 1), min_size=1, max_size=4), min_size=1, max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sids, st.integers(0, 2**31 - 1), st.booleans())
+def test_search_with_enough_beams_equals_exhaustive(paths, seed, spiky):
+    trie = build_trie([p + [EOS] for p in paths], V)
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(trie.num_nodes, V, generator=g) * (8.0 if spiky else 1.0)
+    truth = exhaustive(trie, table)
+    b = trie.num_leaves + int(torch.randint(0, 3, (1,), generator=g))  # at least every path
+    res = ck.beam_search(table_step_fn(table), trie, b, 2, backend="eager")
+    for q in range(2):
+        got = [(float(s), int(leaf)) for s, leaf in zip(res.scores[q], res.leaves[q])]
+        assert len([x for x in got if x[1] >= 0]) == len(truth)
+        for (s, leaf), (ts, tleaf) in zip(got, truth):
+            assert s == pytest.approx(ts, abs=1e-4)
+            if leaf != tleaf:  # only a near tie may swap order
+                assert abs(dict((lf, sc) for sc, lf in truth)[leaf] - ts) < 1e-4
+        assert all(s == NEG_INF and leaf == -1 for s, leaf in got[len(truth):])  # empty, never invalid
+        assert bool(res.node[q, len(truth):].eq(-1).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(sids, st.integers(0, 2**31 - 1), st.integers(1, 6), st.booleans())
+def test_step_equals_enumeration_including_ties(paths, seed, b, integer_logits):
+    """Random beam states (live, finished, empty) and logits with many exact ties."""
+    trie = build_trie([p + [EOS] for p in paths], V)
+    g = torch.Generator().manual_seed(seed)
+    q = 3
+    rows = q * b
+    if integer_logits:
+        logits = torch.randint(-2, 2, (rows, V), generator=g).float()
+    else:
+        logits = torch.randn(rows, V, generator=g)
+    node = torch.randint(-1, trie.num_nodes, (rows,), generator=g).to(torch.int32)
+    ends = trie.is_end(node.clamp(min=0)) & (node >= 0)
+    finished = (ends & (torch.rand(rows, generator=g) < 0.5)) | (node < 0)
+    score = torch.where(node >= 0, torch.randint(-3, 0, (rows,), generator=g).float(), NEG_INF)
+    out = beam_step(logits, node, score, finished, trie, b, backend="eager")
+    assert as_rows(out) == step_reference(logits, node, score, finished, trie, b)
+
+
+def test_invalid_token_mass_never_escapes_the_trie():
+    paths = [[3, 4, EOS], [3, 5, 6, EOS], [7, EOS]]
+    trie = build_trie(paths, V)
+    allowed = {(3, 4), (3, 5, 6), (7,)}
+
+    def step_fn(beams):
+        logits = torch.full((beams.node.numel(), V), -5.0)
+        logits[:, 8:] = 60.0  # nearly all mass on tokens that are never children
+        return logits
+
+    res = ck.beam_search(step_fn, trie, 4, 2, backend="eager")
+    leaves = {leaf: codes for codes, leaf in all_paths(trie)}
+    for q in range(2):
+        for s, leaf in zip(res.scores[q].tolist(), res.leaves[q].tolist()):
+            if leaf >= 0:
+                assert leaves[leaf] in allowed and s > NEG_INF and s < -60  # a real (tiny) log-prob
+            else:
+                assert s == NEG_INF
+
+
+def test_minus_inf_children_leave_beams_empty_not_penalised():
+    trie = build_trie([[3, EOS], [4, EOS]], V)
+
+    def step_fn(beams):
+        logits = torch.zeros(beams.node.numel(), V)
+        logits[:, 4] = NEG_INF  # item [4] has probability 0: it is not a result
+        return logits
+
+    res = ck.beam_search(step_fn, trie, 3, 1, backend="eager")
+    assert res.leaves[0].tolist()[1:] == [-1, -1]
+    assert res.scores[0, 1:].tolist() == [NEG_INF, NEG_INF]
+    assert res.items[0].tolist() == [0, -1, -1]
+
+
+def test_top_k_items_expand_collisions_by_popularity():
+    paths = [[3, EOS], [3, EOS], [4, EOS], [3, EOS]]
+    trie = build_trie(paths, V, item_ids=torch.tensor([5, 6, 7, 8]), popularity=torch.tensor([1.0, 3.0, 0.0, 1.0]))
+    logits = torch.zeros(V)
+    logits[3] = 2.0
+
+    res = ck.beam_search(lambda beams: logits.expand(beams.node.numel(), V), trie, 2, 1, top_k=5, backend="eager")
+    assert res.items[0].tolist() == [6, 5, 8, 7, -1]
+    assert res.item_scores[0, :3].unique().numel() == 1 and res.item_scores[0, 4] == NEG_INF
+
+
+def test_single_item_trie_and_one_beam():
+    trie = build_trie([[9, 4, EOS]], V)
+    res = ck.beam_search(lambda b: torch.randn(b.node.numel(), V), trie, 1, 3, backend="eager")
+    assert res.items.tolist() == [[0], [0], [0]]
+
+
+def test_eager_op_passes_opcheck():
+    trie = build_trie([[3, 4, EOS], [3, EOS], [5, EOS]], V)
+    beams = initial_beams(2, 3, "cpu")
+    logits = torch.randn(6, V)
+    torch.library.opcheck(beam_step_eager, (logits, beams.node, beams.score, beams.finished, trie.child_start,
+                                            trie.token, trie.end_bits, 3, trie.max_fanout))
+
+
+def test_step_compiles_with_torch_compile():
+    trie = build_trie([[3, 4, EOS], [3, EOS], [5, 6, EOS]], V)
+    beams = initial_beams(2, 3, "cpu")
+    logits = torch.randn(6, V)
+    from capsid_kernels.decode.beam_step_torch import beam_step_torch
+
+    args = (logits, beams.node, beams.score, beams.finished, trie.child_start, trie.token, trie.end_bits, 3,
+            trie.max_fanout)
+    eager = beam_step_torch(*args)
+    compiled = torch.compile(beam_step_torch, dynamic=False)(*args)
+    for a, c in zip(eager, compiled):
+        assert torch.equal(a, c)
+
+
+def test_hf_processor_masks_to_children():
+    from capsid_kernels.decode.hf import TrieLogitsProcessor
+
+    trie = build_trie([[3, 4, EOS], [3, 5, 6, EOS], [7, EOS]], V)
+    ids = torch.tensor([[1, 3], [1, 3], [1, 7], [1, 9], [1, 7]])
+    ids = torch.cat([ids, torch.tensor([[4], [5], [EOS], [3], [8]])], dim=1)
+    scores = torch.randn(5, V)
+    out = TrieLogitsProcessor(trie)(ids, scores)
+    allowed = [[EOS], [6], [PAD], [], []]
+    for r, toks in enumerate(allowed):
+        fin = torch.isfinite(out[r]).nonzero().flatten().tolist()
+        assert fin == toks
+        assert torch.equal(out[r, toks], scores[r, toks])
+
+
+# --------------------------------------------------------------------------- GPU
+
+def synthetic_trie(n_items: int, branch: int, seed: int, device="cuda"):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 5, (n_items,), generator=g)
+    codes = torch.randint(3, 3 + branch, (n_items, 4), generator=g)
+    paths = torch.zeros(n_items, 5, dtype=torch.int64)
+    for i in range(n_items):
+        paths[i, : lengths[i]] = codes[i, : lengths[i]]
+        paths[i, lengths[i]] = EOS
+    return build_trie(paths, 3 + branch + 7, device=device)
+
+
+def random_beams(trie, q, b, g, device="cuda"):
+    rows = q * b
+    node = torch.randint(-1, trie.num_nodes, (rows,), generator=g).to(torch.int32)
+    ends = trie.to("cpu").is_end(node.clamp(min=0)) & (node >= 0)
+    finished = (ends & (torch.rand(rows, generator=g) < 0.3)) | (node < 0)
+    score = torch.where(node >= 0, -torch.rand(rows, generator=g) * 5, NEG_INF)
+    return node.to(device), score.to(device), finished.to(device)
+
+
+def assert_steps_agree(a, b_out, logits, b):
+    """Same tokens/parents/nodes/flags; scores within fp32 rounding (a near tie may swap)."""
+    same = (a.token == b_out.token) & (a.parent == b_out.parent) & (a.node == b_out.node)
+    if not bool(same.all()):
+        bad = (~same).nonzero().flatten()
+        # only a near tie may differ: the swapped candidates' scores agree to rounding
+        assert torch.allclose(a.score[bad], b_out.score[bad], rtol=1e-5, atol=1e-5), bad[:5]
+        assert bad.numel() <= max(2, a.token.numel() // 1000)
+    torch.testing.assert_close(a.score, b_out.score, rtol=1e-5, atol=1e-5)
+    assert torch.equal(a.finished, b_out.finished)
+    assert not bool(torch.isnan(a.score).any())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("q,b,branch", [(1, 1, 5), (3, 7, 40), (16, 50, 300), (5, 128, 30), (2, 33, 1000)])
+def test_cuda_step_matches_torch_step(q, b, branch, dtype):
+    trie = synthetic_trie(3000, branch, seed=q * 1000 + b)
+    g = torch.Generator().manual_seed(b)
+    for trial in range(3):
+        node, score, finished = random_beams(trie, q, b, g)
+        logits = (torch.randn(q * b, trie.vocab_size, generator=g) * 3).to("cuda", dtype)
+        if trial == 2:
+            logits[:, ::3] = NEG_INF  # -inf logits: candidates with no probability are never selected
+        poison_cuda_cache()
+        cu = beam_step(logits, node, score, finished, trie, b, backend="cuda")
+        ref = beam_step(logits.float() if dtype == torch.float32 else logits, node, score, finished, trie, b,
+                        backend="eager")
+        assert_steps_agree(cu, ref, logits, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("vocab_pad", [0, 1, 3])  # odd row lengths: unaligned rows take the scalar edges
+def test_cuda_search_matches_torch_search(vocab_pad):
+    paths = torch.tensor([[3, 4, EOS, 0], [3, 5, 6, EOS], [7, EOS, 0, 0], [3, 4, 8, EOS], [9, 9, 9, EOS]])
+    trie = build_trie(paths, 10 + vocab_pad, device="cuda")
+    g = torch.Generator().manual_seed(vocab_pad)
+    table = torch.randn(trie.num_nodes, trie.vocab_size, generator=g).cuda()
+    a = ck.beam_search(table_step_fn(table), trie, 8, 4, backend="cuda")
+    b = ck.beam_search(table_step_fn(table), trie, 8, 4, backend="eager")
+    assert torch.equal(a.leaves, b.leaves) and torch.equal(a.items, b.items)
+    torch.testing.assert_close(a.scores, b.scores)
+
+
+@pytest.mark.gpu
+def test_cuda_op_passes_opcheck():
+    from capsid_kernels import _ext
+
+    _ext.load()
+    trie = synthetic_trie(200, 8, seed=1)
+    beams = initial_beams(2, 4, "cuda")
+    logits = torch.randn(8, trie.vocab_size, device="cuda")
+    torch.library.opcheck(torch.ops.capsid_C.beam_step.default,
+                          (logits, beams.node, beams.score, beams.finished, trie.child_start, trie.token,
+                           trie.end_bits, 4))
+
+
+@pytest.mark.gpu
+def test_hf_t5_adapter_matches_beam_search():
+    transformers = pytest.importorskip("transformers")
+    from capsid_kernels.decode.hf import TrieLogitsProcessor
+
+    torch.manual_seed(0)
+    vocab = 16
+    paths = [[3, 4, EOS], [3, 5, 6, EOS], [7, EOS], [8, 9, 10, EOS], [3, 4, 11, EOS]]
+    trie = build_trie(paths, vocab, device="cuda")
+    cfg = transformers.T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+                                decoder_start_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
+    model = transformers.T5ForConditionalGeneration(cfg).cuda().eval()
+    enc = torch.randint(3, vocab, (2, 6), device="cuda")
+    b = 6
+    with torch.no_grad():
+        out = model.generate(enc, num_beams=b, num_return_sequences=3, max_new_tokens=trie.max_len + 1,
+                             logits_processor=transformers.LogitsProcessorList([TrieLogitsProcessor(trie)]),
+                             length_penalty=0.0, early_stopping=True, do_sample=False,
+                             return_dict_in_generate=True, output_scores=True)
+        hist = {"ids": torch.full((2 * b, 1), 1, device="cuda")}
+
+        def step_fn(beams):
+            if beams.step > 0:
+                hist["ids"] = torch.cat([hist["ids"][beams.parent], beams.tokens[:, None]], dim=1)
+            return model(input_ids=enc.repeat_interleave(b, 0), decoder_input_ids=hist["ids"]).logits[:, -1].float()
+
+        res = ck.beam_search(step_fn, trie, b, 2, backend="eager")
+    valid = {tuple(p[:-1]) for p in paths}
+    seqs = out.sequences.view(2, 3, -1)
+    for q in range(2):
+        for k in range(3):
+            toks = seqs[q, k, 1:].tolist()
+            assert EOS in toks and tuple(toks[: toks.index(EOS)]) in valid  # HF may pad after EOS
+        leaves = {leaf: codes for codes, leaf in all_paths(trie.to("cpu"))}
+        best = seqs[q, 0, 1:].tolist()
+        best = best[: best.index(EOS)]
+        assert tuple(best) == leaves[int(res.leaves[q, 0])]
+        assert float(out.sequences_scores.view(2, 3)[q, 0]) == pytest.approx(float(res.scores[q, 0]), abs=1e-3)
