@@ -2,6 +2,8 @@
 # One call on a GPU machine: build the extension in place, run the GPU-marked and full
 # test suites, and (optionally) benchmarks. Logs go to $OUT (or ./gpu-logs).
 # Usage: bash scripts/gpu_check.sh [pytest -k expression] ; BENCH="bench/routing.py ..." to add benches.
+# Env: SKIP_BUILD=1 skips the C++ build; SKIP_FULL=1 skips the CPU suite; SKIP_GPU_TESTS=1 skips
+# pytest -m gpu; BENCH_ARGS="..." is passed to every bench after --out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./gpu-logs}
@@ -11,13 +13,13 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
 start=$(date +%s)
-TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
+[ -n "${SKIP_BUILD:-}" ] || TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
   $PY setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1
 echo "build rc=$? in $(( $(date +%s) - start )) s (log: build.log)"
 $PY -m capsid_kernels.info | tee "$OUT/info.txt"
 
 K=${1:-}
-$PY -m pytest -q -m gpu ${K:+-k "$K"} -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+[ -n "${SKIP_GPU_TESTS:-}" ] || $PY -m pytest -q -m gpu ${K:+-k "$K"} -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
 if [ -z "${SKIP_FULL:-}" ]; then
   $PY -m pytest -q -m "not gpu" -x ${K:+-k "$K"} -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cpu_suite_on_gpu_host.log" | tail -5
 fi
@@ -33,5 +35,5 @@ if [ -n "${CMAKE:-}" ]; then  # the CMake build and CTest (C++ tests), and memch
 fi
 for bench in ${BENCH:-}; do
   echo "== $bench"
-  $PY "$bench" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log" | tail -40
+  $PY "$bench" --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench.log" | tail -40
 done

@@ -1,7 +1,9 @@
-"""One routing layer (SPEC §2) as a custom op with autograd, and the public ``route``.
+"""One routing layer (SPEC §2) as custom ops with autograd, and the public ``route``.
 
-The eager backend's backward recomputes the reference forward with autograd and
-differentiates it: only the inputs are saved, the exact gradient comes back.
+Two backends: ``capsid::route_eager`` (the reference) and ``capsid::route_triton`` (the fused
+Triton forward; Triton is imported on first call). Both backwards recompute the reference
+forward with autograd and differentiate it: only the inputs are saved, the exact gradient
+comes back, whichever kernel ran the forward.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import torch
 from torch import Tensor
 
 from .._validate import check_route_args
-from ..backends import select
+from ..backends import BackendUnavailable, select
 from ..reference import RouteOutput, compute_dtype, route_reference
+from ..triton.support import shape_reason
 from ._precision import matmul_precision
 
 # Floating outputs first (q, r', z, c*, ||o||), then token and stop reason: the op's order,
@@ -41,7 +44,18 @@ def route_eager(
     )
 
 
+@torch.library.custom_op("capsid::route_triton", mutates_args=())
+def route_triton(
+    r: Tensor, W: Tensor, b: Tensor, D: Tensor, rounds: int, hard: bool, eta: float, tau: float,
+    eps: float, last: bool, need_weights: bool, need_onorm: bool, tf32: bool,
+) -> _OutTuple:
+    from ..triton.route_fwd import route_forward  # imports Triton on first use only
+
+    return route_forward(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm, tf32)
+
+
 @route_eager.register_fake
+@route_triton.register_fake
 def _(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm, tf32) -> _OutTuple:
     n, k, cd = r.shape[0], W.shape[0], compute_dtype(r.dtype)
     return (
@@ -80,6 +94,20 @@ def _backward(ctx, g_q, g_res, g_z, g_w, g_onorm, _g_token, _g_reason):
 
 
 route_eager.register_autograd(_backward, setup_context=_setup)
+route_triton.register_autograd(_backward, setup_context=_setup)
+
+
+def resolve_backend(backend: str, r: Tensor, W: Tensor, rounds: int) -> str:
+    """The backend that runs these inputs: ``select`` plus the Triton kernel's shape limits
+    ("auto" falls back to eager past them; naming "triton" raises with the reason)."""
+    name = select("route", backend, r.device.type, r.dtype)  # raises when a named backend cannot run
+    if name == "triton":
+        reason = shape_reason(W.shape[2], W.shape[1], rounds)
+        if reason is not None:
+            if backend == "triton":
+                raise BackendUnavailable(f"backend='triton' cannot run op 'route': {reason}")
+            name = "eager"
+    return name
 
 
 def route(
@@ -106,8 +134,8 @@ def route(
     ``precision="tf32"`` lets float32 matmuls use tf32 on the GPU. Returns a ``RouteOutput``.
     """
     check_route_args(r, W, b, D, rounds, mode, precision)
-    select("route", backend, r.device.type, r.dtype)  # raises when a named backend cannot run
-    outs = route_eager(
+    op = route_triton if resolve_backend(backend, r, W, rounds) == "triton" else route_eager
+    outs = op(
         r, W, b, D, rounds, mode == "hard", float(eta), float(tau), float(eps), bool(last),
         bool(need_weights), bool(need_onorm), precision == "tf32",
     )

@@ -1,14 +1,22 @@
-"""The tokenizer stack on a chosen backend: the reference stack with the public ``route``."""
+"""The tokenizer stack on a chosen backend.
+
+The reference stack with the public ``route`` serves every backend and autograd; on the
+Triton backend a forward-only call (no gradient needed) runs ``triton.stack`` instead, which
+compacts on the GPU and writes the catalogue-wide outputs in place.
+"""
 
 from __future__ import annotations
 
 import functools
 from typing import Callable, Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from ..reference import StackOutput, check_item_vectors, tokenize_stack
 from ..reference.stack import concat_outputs
+from ..backends import select
+from ..triton.support import shape_reason
 from .route import route
 
 
@@ -38,6 +46,13 @@ def tokenize(
         raise ValueError(f"batch_size: expected None or an integer >= 1, got {batch_size!r}")
     if check_inputs:
         check_item_vectors(x)  # once, so an error names the item's index in x, not in a chunk
+    if _fast_stack(x, layers, rounds, backend):
+        from ..triton.stack import tokenize_stack_triton  # imports Triton on first use only
+
+        return tokenize_stack_triton(
+            x, layers, rounds=rounds, mode=mode, eta=eta, tau=tau, eps=eps, need_weights=need_weights,
+            tf32=precision == "tf32", chunk=batch_size, progress=progress,
+        )
     route_fn = functools.partial(route, precision=precision, backend=backend)
     step = batch_size or max(1, x.shape[0])
     parts = []
@@ -50,3 +65,18 @@ def tokenize(
         if progress is not None:
             progress(chunk.shape[0])
     return concat_outputs(parts)
+
+
+def _fast_stack(x: Tensor, layers, rounds: int, backend: str) -> bool:
+    """The Triton stack runs when the backend resolves to triton, every depth fits the kernel's
+    limits, and no gradient is needed (it is forward-only); else the reference stack runs."""
+    if backend not in ("auto", "triton") or x.shape[0] == 0 or len(layers) == 0:
+        return False
+    if select("tokenize", backend, x.device.type, x.dtype) != "triton":
+        return False
+    if any(shape_reason(W.shape[2], W.shape[1], rounds) for W, _, _ in layers):
+        return False  # route() raises for backend="triton" or falls back to eager for "auto"
+    tensors = [x] + [t for layer in layers for t in layer]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(t.dtype == x.dtype and t.device == x.device for t in tensors)

@@ -1,0 +1,262 @@
+"""Routing forward benchmark: eager reference, torch.compile(eager), Triton; and the whole tokenizer.
+
+    python bench/routing.py --out bench/results            # the full suite (GPU)
+    python bench/routing.py --quick                        # N = 16384 and 65536 only
+    python bench/routing.py --sweep                        # Triton tile configurations, bf16 default
+
+One row per (preset, precision, N, backend): median ms, ns per item-layer, TFLOP/s, peak memory.
+TFLOP/s counts the Triton schedule's tensor-core work, T vote GEMMs of 2·N·K·d_c·d each (round 1
+is a mean-vote GEMM, K times smaller, not counted), for every backend alike, so the column is a
+rate of useful-equivalent work. Inputs: fresh unit residuals; several input sets rotated so the
+residuals are not served from L2 (W, b, D stay fixed, as in the tokenizer). Eager and compile
+are skipped where their [N, K, d_c] votes would not fit (the row says so). The tokenizer row
+runs L_max = 6 depths with early exit on ``synthetic_item_vectors`` (default 35.8M items).
+Rows go to ``<out>/routing.json`` and a plot to ``<out>/routing.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+import torch
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "python"))
+
+from harness import Timing, bench, env_info, make_row, plot_rows, print_table, rotation_count, write_rows  # noqa: E402
+
+PRESETS = {"default": dict(K=256, dc=64, d=128), "industrial": dict(K=1024, dc=96, d=128)}
+PRECS = {"fp32": (torch.float32, "exact"), "tf32": (torch.float32, "tf32"), "bf16": (torch.bfloat16, "exact")}
+ROUNDS = 3
+EAGER_BYTES_LIMIT = 40 * 2**30  # eager peaks at ~2.5 live [N, K, d_c] float32 tensors (measured)
+
+
+def make_layer(K, dc, d, dtype, seed, device="cuda"):
+    g = torch.Generator(device=device).manual_seed(seed)
+    W = torch.randn(K, dc, d, generator=g, device=device) * (2.0 / dc ** 0.5)
+    b = torch.randn(K, dc, generator=g, device=device) * (2.0 / dc ** 0.5)
+    D = torch.randn(d, dc, generator=g, device=device) / dc ** 0.5
+    return W.to(dtype), b.to(dtype), D.to(dtype)
+
+
+def unit_rows(n, d, dtype, seed, device="cuda"):
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(n, d, generator=g, device=device)
+    return (x / x.norm(dim=1, keepdim=True)).to(dtype)
+
+
+def matmul_ceiling(env) -> list[dict]:
+    """The device's measured matmul rates (bf16, tf32, fp32) on 8192³, for the TFLOP/s column."""
+    rows = []
+    from capsid_kernels.ops._precision import matmul_precision
+
+    for name, dtype, tf32 in (("bf16", torch.bfloat16, False), ("tf32", torch.float32, True),
+                              ("fp32", torch.float32, False)):
+        n = 8192
+        a, b = torch.randn(n, n, device="cuda").to(dtype), torch.randn(n, n, device="cuda").to(dtype)
+        with matmul_precision(tf32):
+            t = bench(lambda x: x @ b, [a], warmup=3, repeats=10, measure_memory=False)
+        rows.append(make_row(op="matmul_ceiling", backend="cublas", dtype=name, shapes={"M": n, "N": n, "K": n},
+                             timing=t, flops=2 * n ** 3, env=env))
+        del a, b
+    return rows
+
+
+def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, out, tag) -> list[dict]:
+    import capsid_kernels as ck
+    from capsid_kernels.ops._precision import matmul_precision
+    from capsid_kernels.reference import route_reference
+
+    rows = []
+    for preset in presets:
+        K, dc, d = (PRESETS[preset][k] for k in ("K", "dc", "d"))
+        for prec in precs:
+            dtype, precision = PRECS[prec]
+            W, b, D = make_layer(K, dc, d, dtype, seed=1)
+            tf32 = precision == "tf32"
+            compiled = torch.compile(route_reference, dynamic=True)
+            for n in ns:
+                rsize = n * d * W.element_size()
+                inputs = [unit_rows(n, d, dtype, seed=100 + i) for i in range(rotation_count(rsize))]
+                shapes = {"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "mode": "soft", "preset": preset}
+                flops = 2.0 * n * K * dc * d * ROUNDS
+                for backend in backends:
+                    if backend == "compile" and compile_cases != "all" and f"{preset}:{prec}" not in compile_cases:
+                        continue
+                    fn = {
+                        "eager": lambda r: route_reference(r, W, b, D, rounds=ROUNDS),
+                        "compile": lambda r: compiled(r, W, b, D, rounds=ROUNDS),
+                        "triton": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="triton"),
+                    }[backend]
+                    err = None
+                    if backend in ("eager", "compile") and n * K * dc * 4 * 2.5 > EAGER_BYTES_LIMIT:
+                        err = f"skipped: eager votes [N, K, d_c] need {n * K * dc * 4 / 2**30:.1f} GiB each"
+                    timing = None
+                    if err is None:
+                        try:
+                            with matmul_precision(tf32), torch.no_grad():
+                                timing = bench(fn, inputs, warmup=2, repeats=15, max_time_ms=max_time_ms)
+                        except torch.OutOfMemoryError as e:  # noqa: PERF203
+                            err = f"out of memory: {str(e)[:120]}"
+                            torch.cuda.empty_cache()
+                    rows.append(make_row(op="route", backend=backend, dtype=prec, shapes=shapes, timing=timing,
+                                         items=n, flops=flops, env=env, **({"error": err} if err else {})))
+                    r = rows[-1]
+                    print(f"{preset:10s} {prec:5s} N={n:7d} {backend:8s} "
+                          + (f"{r['ns_per_item_layer']:9.2f} ns/item-layer {r.get('tflops', 0):7.1f} TFLOP/s "
+                             f"peak {r.get('peak_mib', 0):9.1f} MiB" if timing else err), flush=True)
+                del inputs
+            del W, b, D, compiled
+            torch.cuda.empty_cache()
+            write_rows(rows, out / f"{tag}_partial.json")
+    return rows
+
+
+def tokenizer_rows(n, prec, env, chunk, repeats) -> list[dict]:
+    import capsid_kernels as ck
+    from capsid.data.synthetic import synthetic_item_vectors
+
+    dtype, precision = PRECS[prec]
+    K, dc, d = 256, 64, 128
+    layers = [make_layer(K, dc, d, dtype, seed=10 + i) for i in range(6)]
+    t0 = time.perf_counter()
+    x = synthetic_item_vectors(n, d, seed=0, device="cuda", dtype=dtype)
+    torch.cuda.synchronize()
+    gen_s = time.perf_counter() - t0
+    kw = dict(rounds=ROUNDS, precision=precision, backend="triton", batch_size=chunk)
+    ck.tokenize(x[: 2 * chunk], layers, **kw)  # compile and warm up
+    torch.cuda.synchronize()
+    samples, stats, peak = [], None, 0
+    for _ in range(repeats):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        out = ck.tokenize(x, layers, **kw)
+        e.record()
+        e.synchronize()
+        samples.append(s.elapsed_time(e))
+        peak = torch.cuda.max_memory_allocated() - base
+        item_layers = sum(int(rec.index.numel()) for rec in out.depths)
+        out_bytes = sum(t.numel() * t.element_size() for t in (out.sids, out.lengths, out.stop_reason,
+                                                               out.recon, out.residual))
+        rec_bytes = sum(t.numel() * t.element_size() for rec in out.depths for t in rec if t is not None)
+        stats = {"mean_length": float(out.lengths.double().mean()), "item_layers": item_layers,
+                 "stops": {name: int((out.stop_reason == code).sum()) for code, name in
+                           ((ck.STOP_CONF, "conf"), (ck.STOP_RESID, "resid"), (ck.STOP_CAP, "cap"))},
+                 "outputs_mib": round(out_bytes / 2**20, 1), "depth_records_mib": round(rec_bytes / 2**20, 1)}
+        del out
+        torch.cuda.empty_cache()
+    samples.sort()
+    med = samples[len(samples) // 2]
+    timing = Timing(med, samples[0], samples[-1], len(samples), peak, samples)
+    shapes = {"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "L_max": 6, "chunk": chunk, "preset": "default"}
+    row = make_row(op="tokenize", backend="triton", dtype=prec, shapes=shapes, timing=timing, env=env,
+                   seconds=round(med / 1e3, 3), synthetic_gen_s=round(gen_s, 3),
+                   ns_per_item_layer_measured=round(med * 1e6 / stats["item_layers"], 3),
+                   peak_beyond_outputs_mib=round((peak - stats["outputs_mib"] * 2**20 - stats["depth_records_mib"] * 2**20)
+                                                 / 2**20, 1),
+                   **stats)
+    print(f"tokenize {prec} N={n}: {med / 1e3:.3f} s (runs {[round(s_ / 1e3, 3) for s_ in samples]}), "
+          f"{row['ns_per_item_layer_measured']} ns per item-layer, mean length {stats['mean_length']:.3f}, "
+          f"peak {peak / 2**30:.2f} GiB ({row['peak_beyond_outputs_mib']} MiB beyond outputs)", flush=True)
+    del x
+    torch.cuda.empty_cache()
+    return [row]
+
+
+def sweep(env) -> list[dict]:
+    """Tile configurations of the Triton kernel, bf16 default preset, N = 65536."""
+    import capsid_kernels as ck
+
+    rows = []
+    for preset, prec in (("default", "bf16"), ("industrial", "bf16"), ("default", "tf32")):
+        K, dc, d = (PRESETS[preset][k] for k in ("K", "dc", "d"))
+        dtype, precision = PRECS[prec]
+        W, b, D = make_layer(K, dc, d, dtype, seed=1)
+        n = 65536
+        inputs = [unit_rows(n, d, dtype, seed=100 + i) for i in range(4)]
+        for bm, warps, stages in ((128, 8, 3), (128, 8, 2), (64, 4, 3), (64, 4, 2), (64, 8, 3)):
+            os.environ.update(CAPSID_TRITON_BM=str(bm), CAPSID_TRITON_WARPS=str(warps), CAPSID_TRITON_STAGES=str(stages))
+            try:
+                t = bench(lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="triton"),
+                          inputs, warmup=2, repeats=10, max_time_ms=500)
+                err = None
+            except Exception as e:  # noqa: BLE001  a config that does not compile is a data point
+                t, err = None, f"{type(e).__name__}: {str(e)[:100]}"
+            rows.append(make_row(op="route_sweep", backend="triton", dtype=prec,
+                                 shapes={"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "preset": preset,
+                                         "BM": bm, "warps": warps, "stages": stages},
+                                 timing=t, items=n, flops=2.0 * n * K * dc * d * ROUNDS, env=env,
+                                 **({"error": err} if err else {})))
+            r = rows[-1]
+            print(f"sweep {preset} {prec} BM={bm} warps={warps} stages={stages}: "
+                  + (f"{r['ns_per_item_layer']:.2f} ns/item-layer {r['tflops']:.1f} TFLOP/s" if t else err), flush=True)
+        for k in ("CAPSID_TRITON_BM", "CAPSID_TRITON_WARPS", "CAPSID_TRITON_STAGES"):
+            os.environ.pop(k, None)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--ns", default="4096,16384,65536,262144")
+    p.add_argument("--presets", default="default,industrial")
+    p.add_argument("--precs", default="fp32,tf32,bf16")
+    p.add_argument("--backends", default="eager,compile,triton")
+    p.add_argument("--quick", action="store_true", help="N = 16384, 65536 only")
+    p.add_argument("--sweep", action="store_true", help="only the Triton tile-configuration sweep")
+    p.add_argument("--tokenizer-n", type=int, default=35_800_000, help="0 skips the whole-tokenizer row")
+    p.add_argument("--tokenizer-precs", default="bf16")
+    p.add_argument("--tokenizer-repeats", type=int, default=3)
+    p.add_argument("--chunk", type=int, default=1 << 21)
+    p.add_argument("--max-time-ms", type=float, default=1500.0, help="time budget per case")
+    p.add_argument("--tag", default="routing", help="file stem of the JSON and PNG")
+    p.add_argument("--compile-cases", default="default:fp32,default:tf32,default:bf16,industrial:bf16",
+                   help="preset:precision pairs that get a torch.compile row ('all' for every one)")
+    p.add_argument("--skip-route", action="store_true", help="only the tokenizer row")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench/routing.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    out = pathlib.Path(args.out)
+    env = env_info()
+    print(env, flush=True)
+    rows = matmul_ceiling(env)
+    print_table(rows, ["op", "dtype", "median_ms", "tflops"])
+    if args.sweep:
+        rows += sweep(env)
+        write_rows(rows, out / f"{args.tag}_sweep.json")
+        return 0
+    ns = [16384, 65536] if args.quick else [int(v) for v in args.ns.split(",")]
+    if args.tokenizer_n:
+        for prec in args.tokenizer_precs.split(","):
+            rows += tokenizer_rows(args.tokenizer_n, prec, env, args.chunk, args.tokenizer_repeats)
+            write_rows(rows, out / f"{args.tag}.json")
+    if not args.skip_route:
+        rows += route_rows(args.presets.split(","), ns, args.precs.split(","), args.backends.split(","), env,
+                           args.max_time_ms, args.compile_cases, out, args.tag)
+        (out / f"{args.tag}_partial.json").unlink(missing_ok=True)
+    route = [r for r in rows if r["op"] == "route"]
+    # Ratios against torch.compile, from this run.
+    for r in route:
+        if r["backend"] == "triton" and "median_ms" in r:
+            c = next((x for x in route if x["backend"] == "compile" and x["dtype"] == r["dtype"]
+                      and x["shapes"] == r["shapes"] and "median_ms" in x), None)
+            r["speedup_vs_compile"] = round(c["median_ms"] / r["median_ms"], 2) if c else None
+    write_rows(rows, out / f"{args.tag}.json")
+    print_table(route, ["backend", "dtype", "shapes", "ns_per_item_layer", "tflops", "peak_mib", "speedup_vs_compile"])
+    plot_rows(route, out / f"{args.tag}.png", x="shapes.N", y="ns_per_item_layer",
+              series=lambda r: f"{r['backend']} {r['dtype']}", panel=lambda r: r["shapes"]["preset"],
+              title=f"routing forward, T={ROUNDS}, {env['gpu']} ({env['date'][:10]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
