@@ -14,6 +14,7 @@
 // (score, beam), so ties go to the lower beam, then the lower token, as SPEC §7 orders them.
 // Candidates whose score is not above -inf (including NaN) are never selectable.
 #include "beam_step.h"
+#include "squash.h"  // shape_str
 
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -319,9 +320,9 @@ __global__ void __launch_bounds__(kMergeThreads) beam_merge_kernel(
 }
 
 void check_input(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Tensor& like) {
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), name, ": expected a CUDA tensor on ", like.device(),
-              ", got one on ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, name, ": expected ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), name, ": expected a CUDA tensor on ",
+              like.device().str(), ", got one on ", t.device().str());
+  TORCH_CHECK(t.scalar_type() == dtype, name, ": expected ", c10::toString(dtype), ", got ", c10::toString(t.scalar_type()));
   TORCH_CHECK(t.is_contiguous(), name, ": expected a contiguous tensor");
 }
 
@@ -362,10 +363,10 @@ void launch(const StepArgs& a) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cuda(
     const at::Tensor& logits_in, const at::Tensor& node, const at::Tensor& score, const at::Tensor& finished,
     const at::Tensor& child_start, const at::Tensor& token, const at::Tensor& end_bits, int64_t num_beams) {
-  TORCH_CHECK(logits_in.is_cuda(), "logits: expected a CUDA tensor, got one on ", logits_in.device());
-  TORCH_CHECK(logits_in.dim() == 2, "logits: expected [Q*B, V], got ", logits_in.sizes());
+  TORCH_CHECK(logits_in.is_cuda(), "logits: expected a CUDA tensor, got one on ", logits_in.device().str());
+  TORCH_CHECK(logits_in.dim() == 2, "logits: expected [Q*B, V], got ", shape_str(logits_in.sizes()));
   TORCH_CHECK(logits_in.scalar_type() == at::kFloat || logits_in.scalar_type() == at::kBFloat16,
-              "logits: expected float32 or bfloat16, got ", logits_in.scalar_type());
+              "logits: expected float32 or bfloat16, got ", c10::toString(logits_in.scalar_type()));
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto logits = logits_in.contiguous();
   const int64_t rows = logits.size(0), vocab = logits.size(1);
@@ -380,7 +381,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step
   check_input(end_bits, "end_bits", at::kInt, logits);
   TORCH_CHECK(token.is_cuda() && token.device() == logits.device() && token.is_contiguous() &&
                   (token.scalar_type() == at::kShort || token.scalar_type() == at::kInt),
-              "token: expected a contiguous int16 or int32 CUDA tensor on ", logits.device());
+              "token: expected a contiguous int16 or int32 CUDA tensor on ", logits.device().str());
   TORCH_CHECK(node.numel() == rows && score.numel() == rows && finished.numel() == rows,
               "node, score, finished: expected ", rows, " entries each");
   TORCH_CHECK(child_start.numel() >= 1, "child_start: expected at least one entry");

@@ -66,7 +66,7 @@ __global__ void squash_backward_kernel(const scalar_t* __restrict__ grad, const 
 }
 
 void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", t.device());
+  TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", t.device().str());
 }
 
 unsigned int blocks_for(int64_t rows) {

@@ -13,6 +13,12 @@
 
 namespace capsid {
 
+std::string shape_str(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+
 void check_squash_input(const at::Tensor& z, const char* name) {
   TORCH_CHECK(z.dim() >= 1, name, ": expected at least one dimension, got a 0-d tensor");
   const auto t = z.scalar_type();
@@ -22,11 +28,12 @@ void check_squash_input(const at::Tensor& z, const char* name) {
 
 void check_squash_pair(const at::Tensor& grad, const at::Tensor& z) {
   check_squash_input(z, "z");
-  TORCH_CHECK(grad.sizes() == z.sizes(), "grad: expected the shape of z ", z.sizes(), ", got ", grad.sizes());
-  TORCH_CHECK(grad.scalar_type() == z.scalar_type(), "grad: expected the dtype of z (", z.scalar_type(),
-              "), got ", grad.scalar_type());
-  TORCH_CHECK(grad.device() == z.device(), "grad: expected the device of z (", z.device(), "), got ",
-              grad.device());
+  TORCH_CHECK(grad.sizes() == z.sizes(), "grad: expected the shape of z ", shape_str(z.sizes()), ", got ",
+              shape_str(grad.sizes()));
+  TORCH_CHECK(grad.scalar_type() == z.scalar_type(), "grad: expected the dtype of z (",
+              c10::toString(z.scalar_type()), "), got ", c10::toString(grad.scalar_type()));
+  TORCH_CHECK(grad.device() == z.device(), "grad: expected the device of z (", z.device().str(), "), got ",
+              grad.device().str());
 }
 
 at::Tensor squash_forward_cpu(const at::Tensor& z_in) {

@@ -19,9 +19,9 @@ echo "build rc=$? in $(( $(date +%s) - start )) s (log: build.log)"
 $PY -m capsid_kernels.info | tee "$OUT/info.txt"
 
 K=${1:-}
-[ -n "${SKIP_GPU_TESTS:-}" ] || $PY -m pytest -q -m gpu ${K:+-k "$K"} -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+[ -n "${SKIP_GPU_TESTS:-}" ] || $PY -m pytest -q -rfE -m gpu --continue-on-collection-errors ${K:+-k "$K"} -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
 if [ -z "${SKIP_FULL:-}" ]; then
-  $PY -m pytest -q -m "not gpu" -x ${K:+-k "$K"} -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cpu_suite_on_gpu_host.log" | tail -5
+  $PY -m pytest -q -rfE -m "not gpu" --continue-on-collection-errors ${K:+-k "$K"} -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cpu_suite_on_gpu_host.log" | tail -5
 fi
 if [ -n "${CMAKE:-}" ]; then  # the CMake build and CTest (C++ tests), and memcheck on the squash test
   cmake -S . -B build-gpu -DPython3_EXECUTABLE="$(command -v $PY)" > "$OUT/cmake.log" 2>&1 \

@@ -1,8 +1,10 @@
 """The ``capsid`` command.
 
-``capsid run`` is the main job: on the built-in synthetic catalogue (or item vectors from a
-file) it tokenizes every item with a CAPSID tokenizer and prints the SID diagnostics.
-Later stages (training, SemanticBPE, the generator, evaluation) grow from here.
+``capsid run`` is the main job: on the built-in synthetic catalogue it trains a CAPSID
+tokenizer (Stage 1 with SemanticBPE) and the RQ-KMeans baseline on the same item vectors
+and prints the tokenizer diagnostics side by side (CPU-sized defaults: K=64, 3 epochs).
+``capsid tokenize`` is the same pipeline with the SPEC defaults (K=256, <= 100 epochs) and
+``--data`` for Amazon-format data; ``capsid vectors`` builds and caches item vectors.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 
 def _device(name: str):
@@ -21,47 +22,92 @@ def _device(name: str):
     return torch.device(name)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load_data(args: argparse.Namespace):
+    from .data import SyntheticConfig, load_amazon, make_synthetic
+
+    if args.data:
+        return load_amazon(args.data, name=args.data_name)
+    return make_synthetic(SyntheticConfig(n_items=args.items, n_users=args.users, seed=args.seed))
+
+
+def _vectors(args: argparse.Namespace, data, device):
+    """(vectors [N, d], info): a .npy file, or built (and cached) from the data's sources."""
     import numpy as np
+
+    from .vectors import VectorConfig, build_item_vectors, content_model_id
+
+    if args.vectors:
+        v = np.load(args.vectors)
+        if v.shape[0] != data.n_items:
+            raise ValueError(f"{args.vectors}: {v.shape[0]} rows for {data.n_items} items")
+        return v.astype(np.float32), {"path": args.vectors, "sources": ["file"], "cached": True}
+    if args.sources:
+        sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
+    elif data.item_vectors is not None:
+        sources = ("given",)
+    else:
+        sources = tuple(s for s in ("content", "collab", "attr")
+                        if (s != "content" or (data.item_text is not None and content_model_id()))
+                        and (s != "attr" or data.item_attributes is not None))
+        if data.item_text is not None and content_model_id() is None:
+            print("capsid: content vectors skipped: the encoder is not installed "
+                  "(pip install -e '.[vectors]'); using " + "+".join(sources), file=sys.stderr)
+    cfg = VectorConfig(sources=sources, d=args.dim, collab_epochs=args.collab_epochs, seed=args.seed)
+    return build_item_vectors(data, cfg, cache_dir=args.cache_dir, device=str(device),
+                              show_progress=not args.quiet)
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    """Vectors -> Stage 1 (CAPSID + SemanticBPE) and the baselines -> diagnostics."""
+    from .bpe import SemanticBPEConfig
+    from .jobs.tokenize import TokenizeSettings, command_line, run_tokenize
+    from .jobs.tokenizers import parse_tokenizers
+    from .report import format_comparison
+    from .stage1 import Stage1Config
+
     import torch
-    from tqdm import tqdm
 
-    import capsid_kernels as ck
+    torch.manual_seed(args.seed)
+    device = _device(args.device)
+    names = parse_tokenizers(args.tokenizer)
+    data = _load_data(args)
+    print(f"data: {data.name}: {data.n_items} items, {data.n_users} users, {data.n_interactions} interactions")
+    vectors, info = _vectors(args, data, device)
+    print(f"item vectors: {vectors.shape} from {'+'.join(info.get('config', {}).get('sources', info.get('sources', [])))}"
+          f" ({'cache hit' if info.get('cached') else 'built'})")
+    bpe = SemanticBPEConfig(alpha=args.bpe_alpha, n_min=args.bpe_n_min, theta_end=args.bpe_theta_end,
+                            max_merges=args.max_merges)
+    stage1 = Stage1Config(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+                          lr=args.lr, seed=args.seed, bpe=bpe)
+    settings = TokenizeSettings(
+        tokenizers=names, capsules=args.capsules, capsule_dim=args.capsule_dim, max_length=args.max_length,
+        backend=args.backend, stage1=stage1, rq_levels=args.rq_levels, seed=args.seed, device=str(device),
+        resume=not args.no_resume, show_progress=not args.quiet,
+    )
+    print(f"tokenizers: {', '.join(names)}; K={args.capsules}, d_c={args.capsule_dim}, L_max={args.max_length}, "
+          f"Stage 1 <= {args.epochs} epochs (patience {args.patience}) on {device}; output in {args.out}")
+    summary = run_tokenize(data, vectors, info, settings, args.out, command=command_line())
+    print(format_comparison(summary))
+    print(f"written: {args.out}/summary.json, summary.md" + (", diagnostics.png" if summary.get("plot") else
+                                                           " (no PNG: matplotlib not installed)"))
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump(summary, f, default=str)
+    return 0
 
-    from .data.synthetic import SyntheticConfig, make_synthetic
-    from .report import format_diagnostics
+
+def cmd_vectors(args: argparse.Namespace) -> int:
+    """Build (or find in the cache) the item vectors and optionally save them as .npy."""
+    import numpy as np
 
     device = _device(args.device)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}[args.dtype]
-    if args.vectors:
-        vectors = np.load(args.vectors)
-        source = args.vectors
-    else:
-        data = make_synthetic(SyntheticConfig(n_items=args.items, seed=args.seed))
-        vectors = data.item_vectors
-        source = f"synthetic catalogue ({args.items} items, seed {args.seed})"
-    x = torch.as_tensor(vectors, dtype=torch.float32)
-    config = ck.CapsIDConfig.preset(args.preset, d=x.shape[1], mode=args.mode, backend=args.backend)
-    tokenizer = ck.CapsIDTokenizer(config, seed=args.seed).to(device=device, dtype=dtype)
-    print(f"tokenizing {x.shape[0]} items of dimension {x.shape[1]} from {source}")
-    print(f"tokenizer: preset {args.preset}, K={config.capsules}, d_c={config.capsule_dim}, T={config.rounds}, "
-          f"L_max={config.max_length}, mode {config.mode}, {dtype} on {device} (freshly initialised, seed {args.seed})")
-    start = time.perf_counter()
-    with torch.no_grad(), tqdm(total=x.shape[0], unit="item", desc="tokenize", disable=args.quiet) as bar:
-        out = ck.tokenize(
-            x.to(device=device, dtype=dtype), [(m.W, m.b, m.D) for m in tokenizer.layers],
-            rounds=config.rounds, mode=config.mode, eta=config.eta, tau=config.tau, eps=config.eps,
-            precision=config.precision, backend=config.backend, batch_size=args.batch_size, progress=bar.update,
-        )
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    diag = tokenizer.diagnostics(out)
-    print(format_diagnostics(diag))
-    print(f"tokenized in {elapsed:.2f} s ({1e6 * elapsed / max(1, x.shape[0]):.1f} us per item)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"source": source, "config": config.to_dict(), "seconds": elapsed, "diagnostics": diag}, f)
+    data = _load_data(args)
+    vectors, info = _vectors(args, data, device)
+    print(f"{data.name}: vectors {vectors.shape}, {'cache hit' if info.get('cached') else 'built'}: {info.get('path')}")
+    if args.save:
+        np.save(args.save, vectors)
+        print(f"saved {args.save}")
     return 0
 
 
@@ -71,23 +117,69 @@ def cmd_info(args: argparse.Namespace) -> int:
     return info_main([])
 
 
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="Amazon-format folder (e.g. ../shared/data/amazon-beauty); "
+                                  "default: the synthetic catalogue")
+    p.add_argument("--data-name", default="Beauty", help="file stem inside --data (default Beauty)")
+    p.add_argument("--items", type=int, default=4000, help="synthetic catalogue size")
+    p.add_argument("--users", type=int, default=3000, help="synthetic user count")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--vectors", help="a .npy of item vectors [N, d] instead of building them")
+    p.add_argument("--sources", help="item-vector sources, comma-separated: given, content, collab, attr "
+                                     "(default: given for synthetic, else content+collab+attr)")
+    p.add_argument("--dim", type=int, default=128, help="item-vector dimension d")
+    p.add_argument("--collab-epochs", type=int, default=10, help="SASRec epochs for collaborative vectors")
+    p.add_argument("--cache-dir", help="item-vector cache (default $CAPSID_CACHE_DIR or ~/.cache/capsid)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _tokenize_args(p: argparse.ArgumentParser, *, epochs: int, capsules: int, out: str, tokenizers: str) -> None:
+    _data_args(p)
+    p.add_argument("--tokenizer", default=tokenizers,
+                   help="comma-separated: capsid, capsid-hard, capsid-t1, capsid-len2, capsid-len4, "
+                        f"capsid-nospread, capsid-freqbpe, rqkmeans (default {tokenizers})")
+    p.add_argument("--out", default=out, help=f"output directory (default {out})")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"Stage-1 epoch budget (default {epochs})")
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--capsules", type=int, default=capsules, help=f"K per depth, also RQ-KMeans codes per level "
+                                                                  f"(default {capsules})")
+    p.add_argument("--capsule-dim", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=6, help="L_max")
+    p.add_argument("--backend", default="auto", help="capsid_kernels backend: auto, eager, triton or cuda")
+    p.add_argument("--rq-levels", type=int, default=3, help="RQ-KMeans levels (3 or 4)")
+    p.add_argument("--bpe-alpha", type=float, default=0.6, help="Eq. 9 alpha (1.0 = frequency only)")
+    p.add_argument("--bpe-n-min", type=int, default=20)
+    p.add_argument("--bpe-theta-end", type=float, default=0.55)
+    p.add_argument("--max-merges", type=int, default=1024)
+    p.add_argument("--no-resume", action="store_true", help="ignore Stage-1 checkpoints in --out")
+    p.add_argument("--json", help="also write the summary to this JSON file")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import pipeline as _pipeline
+
     parser = argparse.ArgumentParser(prog="capsid", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="tokenize a catalogue and print SID diagnostics (the main job)")
-    run.add_argument("--items", type=int, default=4000, help="synthetic catalogue size (default 4000)")
-    run.add_argument("--vectors", help="a .npy file of item vectors [N, d] instead of the synthetic catalogue")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--preset", default="default", help="tokenizer preset: default or industrial")
-    run.add_argument("--mode", default="soft", choices=("soft", "hard"))
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float64"))
-    run.add_argument("--backend", default="auto", help="auto, eager, triton or cuda")
-    run.add_argument("--batch-size", type=int, default=4096, help="items per chunk (bounds memory)")
-    run.add_argument("--json", help="also write the diagnostics to this JSON file")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.set_defaults(func=cmd_run)
+    run = sub.add_parser("run", help="the main job: Stage 1 + SemanticBPE + RQ-KMeans on the synthetic "
+                                     "catalogue with CPU-sized defaults, then the comparison")
+    _tokenize_args(run, epochs=3, capsules=64, out="runs/run", tokenizers="capsid,rqkmeans")
+    run.set_defaults(func=cmd_tokenize)
+    tok = sub.add_parser("tokenize", help="train Stage 1 + SemanticBPE (and baselines) on a dataset; write "
+                                          "SIDs, merges and diagnostics")
+    _tokenize_args(tok, epochs=100, capsules=256, out="runs/tokenize", tokenizers="capsid,rqkmeans")
+    tok.set_defaults(func=cmd_tokenize)
+    vec = sub.add_parser("vectors", help="build (or find cached) item vectors")
+    _data_args(vec)
+    vec.add_argument("--save", help="write the vectors to this .npy")
+    vec.set_defaults(func=cmd_vectors)
+    pipe = sub.add_parser("pipeline", help="data -> vectors -> tokenizer -> Stage 2 -> evaluation, "
+                                           "over seeds, with a results table")
+    _pipeline.build_parser(pipe)
+    pipe.set_defaults(func=_pipeline.run)
     info = sub.add_parser("info", help="versions, GPU, and which backend serves which op")
     info.set_defaults(func=cmd_info)
     return parser
@@ -97,7 +189,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"capsid: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,278 @@
+"""`capsid pipeline`: data -> item vectors -> tokenizer (Stage 1) -> Stage 2 -> test evaluation.
+
+One run per (tokenizer variant, seed), every artefact under `--out/<dataset>/<variant>/seed<k>/`
+(Stage-1 and Stage-2 checkpoints and logs, item paths, results.json), and a results table of
+mean ± std over the seeds (results.md, results.json beside it). Seeds change the tokenizer's
+and the generator's initialisation and the training order; the data and item vectors are the
+same for every seed and variant (SPEC §9: same vectors, generator, beam and metrics).
+
+Presets are data: `cpu` (the default on the synthetic catalogue; a 2-core CPU finishes it in
+minutes) and `paper` (SPEC §1's tokenizer, generator and Stage-2 settings, for a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+VARIANTS = ("capsid+bpe", "capsid", "rqkmeans", "hard", "t1", "len2", "len4", "nospread", "freqbpe")
+"""capsid = no SemanticBPE; hard = winner-only routing; t1 = one routing round; len2/len4 =
+fixed length (no early stop); nospread = lambda_s = 0; freqbpe = frequency-only BPE (alpha 1)."""
+
+PRESETS = {
+    "cpu": {
+        "synthetic": {"n_items": 1000, "n_users": 1200},
+        "tokenizer": {"capsules": 48, "capsule_dim": 32, "max_length": 4},
+        "stage1": {"epochs": 15, "patience": 5},
+        "bpe": {"max_merges": 128},
+        "generator": {"layers": 2, "heads": 2, "hidden": 64, "ffn": 256, "max_positions": 320},
+        # CPU budget: the last 2 training targets per user and 20-item histories (SPEC: all, 50)
+        "stage2": {"epochs": 12, "lr": 3e-3, "eval_every": 4, "patience": 2, "val_users": 300,
+                   "targets_per_user": 2, "max_history": 20},
+        "rqkmeans": {"levels": 3, "codes": 48, "n_init": 1},
+    },
+    "paper": {
+        "synthetic": {},
+        "tokenizer": {},
+        "stage1": {},
+        "bpe": {},
+        "generator": {},
+        "stage2": {"eval_every": 2},
+        "rqkmeans": {"levels": 3, "codes": 256},
+    },
+}
+
+
+def _device(name: str):
+    import torch
+
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        ("cpu" if name == "auto" else name))
+
+
+def load_data(args):
+    from .data import SyntheticConfig, load_amazon, make_synthetic
+
+    if args.data == "synthetic":
+        return make_synthetic(SyntheticConfig(seed=args.data_seed, **PRESETS[args.preset]["synthetic"]))
+    return load_amazon(args.data, name=args.name)
+
+
+def item_vectors(data, args, device) -> tuple[np.ndarray, dict]:
+    if args.vectors:
+        return np.load(args.vectors).astype(np.float32), {"source": args.vectors}
+    if data.item_vectors is not None and args.data == "synthetic":
+        return data.item_vectors, {"source": "synthetic (given)"}
+    from .vectors import VectorConfig, build_item_vectors
+
+    cfg = VectorConfig(sources=tuple(args.vector_sources.split(",")))
+    return build_item_vectors(data, cfg, device=str(device), show_progress=not args.quiet)
+
+
+def variant_settings(variant: str, preset: dict) -> tuple[dict, dict, dict, bool]:
+    """(tokenizer overrides, Stage-1 overrides, BPE overrides, use merges) of a variant."""
+    tok, st1, bpe = dict(preset["tokenizer"]), dict(preset["stage1"]), dict(preset["bpe"])
+    merges = variant in ("capsid+bpe", "freqbpe")
+    if not merges:
+        st1["lambda_bpe"] = 0.0
+    if variant == "hard":
+        tok["mode"] = "hard"
+    elif variant == "t1":
+        tok["rounds"] = 1
+    elif variant in ("len2", "len4"):
+        tok.update(max_length=int(variant[-1]), tau=2.0, eps=0.0)  # q < 1 and ||r|| > 0: never stop early
+    elif variant == "nospread":
+        st1["lambda_spread"] = 0.0
+    elif variant == "freqbpe":
+        bpe["alpha"] = 1.0
+    return tok, st1, bpe, merges
+
+
+def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, device, run_dir: Path):
+    """Stage 1 (or the RQ-KMeans baseline) -> ItemTokenization."""
+    import torch
+
+    import capsid_kernels as ck
+
+    from .generator import from_capsid, from_paths, merge_gate_logits
+
+    preset = PRESETS[args.preset]
+    info: dict = {}
+    if variant == "rqkmeans":
+        from .baselines import RQKMeansConfig, fit_rqkmeans
+
+        out = fit_rqkmeans(x, RQKMeansConfig(seed=seed, **preset["rqkmeans"]))
+        offsets = 3 + np.concatenate([[0], np.cumsum(out.capsules)[:-1]])
+        vocab = 3 + int(sum(out.capsules))
+        paths = [[int(offsets[j] + c) for j, c in enumerate(row)] + [2] for row in out.sids]
+        init = torch.zeros(vocab, x.shape[1])
+        has = torch.zeros(vocab, dtype=torch.bool)
+        for j, c in enumerate(out.centres):  # the disambiguation position has no centre
+            c = torch.as_tensor(np.asarray(c), dtype=torch.float32)
+            init[offsets[j]: offsets[j] + c.shape[0]] = c
+            has[offsets[j]: offsets[j] + c.shape[0]] = True
+        info["collision_rate_before_disambiguation"] = 1 - len(np.unique(out.codes, axis=0)) / len(x)
+        return from_paths(paths, vocab, init, has, name="rqkmeans"), info
+
+    from .bpe import SemanticBPEConfig, token_embeddings
+    from .stage1 import Stage1Config, tokenize_items, train_stage1
+
+    tok_o, st1_o, bpe_o, use_merges = variant_settings(variant, preset)
+    cfg = ck.CapsIDConfig(d=x.shape[1], **tok_o)
+    tokenizer = ck.CapsIDTokenizer(cfg, seed=seed)
+    xt = torch.as_tensor(x, dtype=torch.float32, device=device)
+    s1 = Stage1Config(seed=seed, bpe=SemanticBPEConfig(**bpe_o), **st1_o)
+    res = train_stage1(tokenizer, xt, data.popularity().astype(np.float64), s1, out_dir=run_dir,
+                       show_progress=not args.quiet)
+    sids = tokenize_items(tokenizer, xt).sids
+    merges, logit = None, None
+    if use_merges:
+        from .bpe.gate import MergeGate
+
+        merges = res.merges
+        gate = MergeGate(cfg.d, s1.bpe.gate_hidden, seed=seed).to(device)
+        from .stage1.checkpoint import load_checkpoint
+
+        tensors, _ = load_checkpoint(run_dir / "stage1.safetensors")
+        gate.load_state_dict({k[len("best.gate."):]: v.to(device) for k, v in tensors.items()
+                              if k.startswith("best.gate.")})
+        emb = token_embeddings([m.centres() for m in tokenizer.layers])
+        logit = merge_gate_logits(gate, emb, res.candidates, merges)
+    items = from_capsid(tokenizer, xt, sids, merges, logit, name=variant)
+    diag = tokenizer.diagnostics(tokenize_items(tokenizer, xt))
+    info.update(stage1_best_epoch=res.best_epoch, stage1_val_route=res.best_val_route, merges=len(items.merges),
+                mean_length=diag["mean_length"], collision_rate=diag["collision_rate"],
+                stage1_seconds=res.seconds)
+    return items, info
+
+
+def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
+    import torch
+
+    from .eval import evaluate
+    from .generator import Generator, GeneratorConfig
+    from .stage2 import Stage2Config, train_stage2
+
+    preset = PRESETS[args.preset]
+    run_dir = Path(args.out) / data.name / variant / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    items, info = tokenize_catalogue(variant, x, data, args, seed, device, run_dir)
+    (run_dir / "item_paths.json").write_text(json.dumps({"vocab_size": items.vocab_size, "paths": items.paths,
+                                                         "merges": items.merges}))
+    t1 = time.perf_counter()
+    g_over = dict(preset["generator"])
+    g_over["max_item_tokens"] = max(g_over.get("max_item_tokens", 8), items.max_path)
+    gcfg = GeneratorConfig(**g_over)
+    s2_over = dict(preset["stage2"])
+    if args.stage2_epochs is not None:
+        s2_over["epochs"] = args.stage2_epochs
+    s2 = Stage2Config(seed=seed, **s2_over)
+    model = Generator(items.vocab_size, gcfg, token_init=items.token_init, has_init=items.has_init, seed=seed)
+    split = data.split(max_history=s2.max_history)
+    pop = data.popularity()
+    res = train_stage2(model, items, split, pop, s2, device=device, out_dir=run_dir, show_progress=not args.quiet)
+    t2 = time.perf_counter()
+    metrics = evaluate(res.recommender, split.test.histories(), split.test.target, tiers=data.tiers(),
+                       ks=tuple(args.ks), num_beams=args.beams, batch_size=s2.eval_batch_size)
+    t3 = time.perf_counter()
+    out = {"dataset": data.name, "variant": variant, "seed": seed, "device": str(device),
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "preset": args.preset, **info, "stage2_best_epoch": res.best_epoch,
+           "val_recall@10": res.best_val_recall10, **metrics,
+           "seconds": {"tokenizer": t1 - t0, "stage2": t2 - t1, "eval": t3 - t2, "total": t3 - t0},
+           "generator": gcfg.to_dict(), "stage2": s2.to_dict()}
+    (run_dir / "results.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+TABLE_COLUMNS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "code_recall@50", "head_recall@10",
+                 "torso_recall@10", "tail_recall@10", "cold_recall@10", "mean_length", "latency_ms_per_query")
+
+
+def results_table(rows: list[dict]) -> str:
+    """Markdown: one line per variant, mean ± std (sample std, n-1) over seeds."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    cols = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
+    lines = ["| tokenizer | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for v in variants:
+        rs = [r for r in rows if r["variant"] == v]
+        cells = []
+        for c in cols:
+            vals = np.array([r[c] for r in rs if c in r and r[c] is not None], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            if not len(vals):
+                cells.append("–")
+            elif len(vals) == 1:
+                cells.append(f"{vals[0]:.4f}")
+            else:
+                cells.append(f"{vals.mean():.4f} ± {vals.std(ddof=1):.4f}")
+        lines.append(f"| {v} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="capsid pipeline", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a folder in the Amazon layout")
+    p.add_argument("--name", default="Beauty", help="Amazon dataset name (<name>.txt)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic catalogue")
+    p.add_argument("--tokenizer", nargs="+", default=["capsid+bpe"], choices=VARIANTS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--vectors", help="item vectors .npy [n_items, d] (else built by capsid.vectors)")
+    p.add_argument("--vector-sources", default="content,collab,attr")
+    p.add_argument("--stage2-epochs", type=int, default=None)
+    p.add_argument("--beams", type=int, default=50)
+    p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", default="runs/pipeline")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(args)
+
+
+def run(args) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    start = time.perf_counter()
+    data = load_data(args)
+    x, vinfo = item_vectors(data, args, device)
+    print(f"data {data.name}: {data.n_items} items, {len(data.sequences)} users; vectors {x.shape} "
+          f"({vinfo.get('source', vinfo.get('key', ''))}); device {device}", flush=True)
+    rows = []
+    for variant in args.tokenizer:
+        for seed in args.seeds:
+            r = run_one(variant, seed, data, x, args, device)
+            rows.append(r)
+            print(f"{variant} seed {seed}: Recall@10 {r['recall@10']:.4f} NDCG@10 {r['ndcg@10']:.4f} "
+                  f"({r['seconds']['total']:.0f} s)", flush=True)
+    table = results_table(rows)
+    out = Path(args.out) / data.name
+    out.mkdir(parents=True, exist_ok=True)
+    header = (f"dataset {data.name}, device {rows[0]['device_name']}, preset {args.preset}, seeds {args.seeds}, "
+              f"beam {args.beams}, wall-clock {time.perf_counter() - start:.0f} s")
+    (out / "results.md").write_text(header + "\n\n" + table + "\n")
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    print(header)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""Stage 1 (SPEC §4-5): train the CAPSID tokenizer and the SemanticBPE gate together.
+
+Per epoch: recount SID pairs over the training corpus and pick merge candidates with the
+annealed theta and alpha; then minibatches of items with
+    lambda_r L_route + lambda_s L_spread + lambda_l L_len + lambda_b L_BPE,
+AdamW with a per-step cosine learning rate; then the validation items' L_route decides early
+stopping. Every epoch ends with an atomic checkpoint and a JSON log line, and a run that
+finds its checkpoint picks up after the last finished epoch with bit-identical results: all
+randomness is drawn from generators seeded by (seed, epoch), never from global state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import capsid_kernels as ck
+
+from ..bpe import (
+    MergeGate,
+    MergeTable,
+    SemanticBPEConfig,
+    base_vocab_size,
+    bpe_loss,
+    build_merge_table,
+    count_pairs,
+    select_candidates,
+    to_global,
+    token_embeddings,
+)
+from ..bpe.pairs import Candidates
+from ..tokenizer import losses, schedules
+from ..tokenizer.forward import forward_all_depths
+from .checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint, write_atomic
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Stage-1 optimisation (SPEC §1): AdamW lr 1e-3, cosine, wd 1e-5, batch 256, <= 100 epochs,
+    patience 10 on the validation items' L_route; loss weights lambda_r, lambda_s, lambda_l,
+    lambda_b = 1.0, 0.1, 0.05, 0.2; spread margin m 0.2 -> 0.9. `val_fraction` of the items
+    (at least one) are held out of the gradient steps and only measure reconstruction."""
+
+    epochs: int = 100
+    patience: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 256
+    lambda_route: float = 1.0
+    lambda_spread: float = 0.1
+    lambda_len: float = 0.05
+    lambda_bpe: float = 0.2
+    margin_start: float = 0.2
+    margin_end: float = 0.9
+    val_fraction: float = 0.05
+    eval_batch_size: int = 4096
+    seed: int = 0
+    bpe: SemanticBPEConfig = field(default_factory=SemanticBPEConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs, patience and batch_size must be >= 1, got {self.epochs}, "
+                             f"{self.patience}, {self.batch_size}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: expected a value in [0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Stage1Result:
+    history: list[dict]
+    best_epoch: int
+    best_val_route: float
+    stopped_early: bool
+    merges: MergeTable
+    candidates: Candidates
+    seconds: float
+
+
+def split_items(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(train, validation) item indices; at least one of each when n >= 2."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = min(n - 1, max(1, round(val_fraction * n))) if n >= 2 and val_fraction > 0 else 0
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+@torch.no_grad()
+def tokenize_items(tokenizer: ck.CapsIDTokenizer, x: Tensor, batch_size: int = 4096) -> ck.StackOutput:
+    """Inference SIDs through the compacting stack (capsid_kernels.tokenize)."""
+    c = tokenizer.config
+    return ck.tokenize(
+        x, [(m.W, m.b, m.D) for m in tokenizer.layers], rounds=c.rounds, mode=c.mode, eta=c.eta,
+        tau=c.tau, eps=c.eps, precision=c.precision, backend=c.backend, batch_size=batch_size,
+    )
+
+
+def reconstruction_error(x: Tensor, out: ck.StackOutput) -> float:
+    """L_route of an inference pass: mean ||x/||x|| - x_hat||^2."""
+    if x.shape[0] == 0:
+        return float("nan")
+    x0 = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return float(losses.route_loss(x0.to(out.recon.dtype), out.recon))
+
+
+def bpe_candidates(tokenizer: ck.CapsIDTokenizer, sids: Tensor, item_weights: np.ndarray,
+                   cfg: SemanticBPEConfig, t: float) -> Candidates:
+    """Recount pairs over the corpus and select candidates with theta(t) and alpha(t)."""
+    ks = tokenizer.config.capsules_per_depth
+    ids = to_global(sids.cpu().numpy(), ks)
+    emb = token_embeddings([m.centres() for m in tokenizer.layers])
+    return select_candidates(
+        count_pairs(ids, item_weights), emb, n_min=cfg.n_min,
+        theta=schedules.bpe_threshold(t, cfg.theta_start, cfg.theta_end),
+        alpha=schedules.bpe_alpha(t, cfg.alpha, cfg.warmup), max_merges=cfg.max_merges,
+    )
+
+
+def _state(tokenizer, gate, prefix: str) -> dict:
+    return {f"{prefix}tok.{k}": v for k, v in tokenizer.state_dict().items()} | {
+        f"{prefix}gate.{k}": v for k, v in gate.state_dict().items()}
+
+
+def _load_state(tokenizer, gate, tensors: dict, prefix: str) -> None:
+    tokenizer.load_state_dict({k[len(prefix) + 4:]: v for k, v in tensors.items() if k.startswith(prefix + "tok.")})
+    gate.load_state_dict({k[len(prefix) + 5:]: v for k, v in tensors.items() if k.startswith(prefix + "gate.")})
+
+
+def train_stage1(
+    tokenizer: ck.CapsIDTokenizer,
+    x: Tensor,
+    item_weights: np.ndarray,
+    cfg: Stage1Config = Stage1Config(),
+    *,
+    gate: Optional[MergeGate] = None,
+    out_dir: Optional[Path] = None,
+    resume: bool = True,
+    show_progress: bool = True,
+    on_epoch_end: Optional[Callable[[dict], None]] = None,
+) -> Stage1Result:
+    """Train `tokenizer` (and the merge gate) on item vectors x [N, d] in place.
+
+    `item_weights[i]` = occurrences of item i in the training histories (the BPE corpus).
+    With `out_dir`, writes `stage1.safetensors` (checkpoint) and `stage1_log.jsonl` there
+    after every epoch, and resumes from the checkpoint when `resume`. Ends with the best
+    epoch's parameters loaded. x's device is the training device.
+    """
+    from tqdm import tqdm
+
+    start_time = time.perf_counter()
+    device = x.device
+    n = x.shape[0]
+    item_weights = np.asarray(item_weights, dtype=np.float64)
+    if item_weights.shape != (n,):
+        raise ValueError(f"item_weights: expected shape ({n},), got {item_weights.shape}")
+    c = tokenizer.config
+    gate = gate if gate is not None else MergeGate(c.d, cfg.bpe.gate_hidden, seed=cfg.seed)
+    tokenizer.to(device)
+    gate.to(device)
+    params = list(tokenizer.parameters()) + list(gate.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_idx, val_idx = split_items(n, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = train_idx.to(device), val_idx.to(device)
+    steps_per_epoch = max(1, math.ceil(train_idx.numel() / cfg.batch_size))
+    total_steps = cfg.epochs * steps_per_epoch
+
+    history: list[dict] = []
+    best_val, best_epoch, bad_epochs, first_epoch = float("inf"), -1, 0, 0
+    best_state = _state(tokenizer, gate, "best.")
+    ckpt = Path(out_dir) / "stage1.safetensors" if out_dir is not None else None
+    log_path = Path(out_dir) / "stage1_log.jsonl" if out_dir is not None else None
+    if ckpt is not None and resume and ckpt.is_file():
+        x = x.to(torch.float32)
+        tensors, meta = load_checkpoint(ckpt)
+        if (meta.get("config") != json.loads(json.dumps(cfg.to_dict())) or meta.get("vectors") != _digest(x)
+                or meta.get("tokenizer_config") != json.loads(json.dumps(c.to_dict()))):
+            raise ValueError(f"{ckpt}: checkpoint was written with other settings or data; "
+                             "use another output directory or --no-resume")
+        _load_state(tokenizer, gate, tensors, "")
+        best_state = {k: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+        restore_optimizer(opt, tensors, meta["optimizer"])
+        history, best_val, best_epoch = meta["history"], meta["best_val"], meta["best_epoch"]
+        bad_epochs, first_epoch = meta["bad_epochs"], meta["epoch"] + 1
+
+    x = x.to(torch.float32)
+    x_digest = _digest(x)
+    full = tokenize_items(tokenizer, x, cfg.eval_batch_size)
+    stopped = bad_epochs >= cfg.patience
+    bar = tqdm(range(first_epoch, cfg.epochs), desc="stage 1", unit="epoch", disable=not show_progress or stopped)
+    for epoch in bar:
+        if stopped:
+            break
+        t = schedules.progress(epoch, cfg.epochs)
+        margin = schedules.spread_margin(t, cfg.margin_start, cfg.margin_end)
+        tau_g = schedules.gumbel_temperature(t, cfg.bpe.gumbel_start, cfg.bpe.gumbel_end)
+        cands = bpe_candidates(tokenizer, full.sids, item_weights, cfg.bpe, t)
+        labels = torch.as_tensor(cands.label, dtype=torch.float32, device=device)
+        order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        gumbel_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch + 1)
+        perm = train_idx[torch.randperm(train_idx.numel(), generator=order_gen).to(device)]
+        sums = {"route": 0.0, "spread": 0.0, "len": 0.0, "bpe": 0.0, "total": 0.0}
+        tokenizer.train()
+        gate.train()
+        for step in range(steps_per_epoch):
+            lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total_steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = x[perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+            a = forward_all_depths(tokenizer, batch, need_weights=cfg.lambda_spread > 0)
+            l_route = losses.route_loss(a.x0, a.x_hat)
+            l_len = losses.length_loss(a.confidence, a.residual_norm, c.tau, c.eps)
+            centres = [m.centres() for m in tokenizer.layers]
+            if cfg.lambda_spread > 0:
+                l_spread = losses.spread_loss(centres, [w[a.reached[:, j]] for j, w in enumerate(a.weights)], margin)
+            else:
+                l_spread = l_route.new_zeros(())
+            if len(cands.pairs) and cfg.lambda_bpe > 0:
+                feats = gate.features(token_embeddings(centres), cands.pairs, cands.freq_hat)
+                l_bpe = bpe_loss(gate(feats), labels, tau_g=tau_g, generator=gumbel_gen)
+            else:
+                l_bpe = l_route.new_zeros(())
+            total = (cfg.lambda_route * l_route + cfg.lambda_spread * l_spread + cfg.lambda_len * l_len
+                     + cfg.lambda_bpe * l_bpe)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            for name, v in (("route", l_route), ("spread", l_spread), ("len", l_len), ("bpe", l_bpe), ("total", total)):
+                sums[name] += float(v.detach())
+        tokenizer.eval()
+        gate.eval()
+        full = tokenize_items(tokenizer, x, cfg.eval_batch_size)
+        val = reconstruction_error(x[val_idx], _select(full, val_idx)) if val_idx.numel() else \
+            reconstruction_error(x, full)
+        improved = val < best_val - 1e-7
+        if improved:
+            best_val, best_epoch, bad_epochs = val, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in _state(tokenizer, gate, "best.").items()}
+        else:
+            bad_epochs += 1
+        diag = tokenizer.diagnostics(full)
+        record = {
+            "epoch": epoch, "lr_end": lr, "margin": margin, "theta": schedules.bpe_threshold(
+                t, cfg.bpe.theta_start, cfg.bpe.theta_end), "alpha": schedules.bpe_alpha(t, cfg.bpe.alpha, cfg.bpe.warmup),
+            "tau_g": tau_g, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
+            "val_route": val, "best_epoch": best_epoch, "candidates": int(len(cands.pairs)),
+            "mean_length": diag["mean_length"], "collision_rate": diag["collision_rate"],
+            "code_utilisation": diag["code_utilisation"], "stop_fractions": diag["stop_fractions"],
+        }
+        history.append(record)
+        bar.set_postfix(route=f"{record['train_route']:.4f}", spread=f"{record['train_spread']:.3f}",
+                        len=f"{record['train_len']:.3f}", bpe=f"{record['train_bpe']:.3f}", val=f"{val:.4f}",
+                        L=f"{diag['mean_length']:.2f}")
+        stopped = bad_epochs >= cfg.patience
+        if ckpt is not None:
+            opt_tensors, opt_meta = flatten_optimizer(opt)
+            meta = {"config": cfg.to_dict(), "n_items": n, "vectors": x_digest, "epoch": epoch, "history": history,
+                    "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                    "optimizer": opt_meta, "tokenizer_config": c.to_dict()}
+            save_checkpoint(ckpt, {**_state(tokenizer, gate, ""), **best_state, **opt_tensors}, meta)
+            write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in history).encode())
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    bar.close()
+
+    _load_state(tokenizer, gate, best_state, "best.")
+    tokenizer.eval()
+    gate.eval()
+    full = tokenize_items(tokenizer, x, cfg.eval_batch_size)
+    final = bpe_candidates(tokenizer, full.sids, item_weights, cfg.bpe, 1.0)
+    emb = token_embeddings([m.centres() for m in tokenizer.layers])
+    merges = build_merge_table(final, gate, emb, base_vocab_size(c.capsules_per_depth), cfg.bpe.max_merges)
+    return Stage1Result(history, best_epoch, best_val, stopped, merges, final, time.perf_counter() - start_time)
+
+
+def _select(out: ck.StackOutput, idx: Tensor) -> ck.StackOutput:
+    """The rows `idx` of a StackOutput, enough of it for reconstruction_error."""
+    return out._replace(sids=out.sids[idx], lengths=out.lengths[idx], stop_reason=out.stop_reason[idx],
+                        recon=out.recon[idx], residual=out.residual[idx], depths=())
+
+
+def _digest(x: Tensor) -> str:
+    """sha256 of the item vectors: a checkpoint only resumes on the vectors it was trained on."""
+    import hashlib
+
+    return hashlib.sha256(x.detach().to(torch.float32).cpu().contiguous().numpy().tobytes()).hexdigest()

@@ -1,0 +1,50 @@
+"""Stage-2 settings (SPEC §1, §6): one dataclass with the documented defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    """AdamW lr 3e-4, cosine to 0 over the epoch budget, wd 1e-5, batch 256, <= 200 epochs.
+
+    eval_every: epochs between validation beam searches; patience counts evaluations without
+        a better validation Recall@10 (10 evaluations, SPEC §1).
+    val_users: validate on this many users (a fixed seeded subset) to bound the beam's cost;
+        None = every user.
+    num_beams: validation beam width (SPEC: 50). lora_rank: rank of the vote-transform
+        adapters (SPEC: 8). soft_inputs: history items as adapted soft embeddings (CAPSID
+        tokenizations only; others always enter hard).
+    targets_per_user: training samples per user are every prefix -> next item of the training
+        part; keep only the last this-many per user (None = all).
+    grad_clip: global gradient-norm clip (None = off).
+    """
+
+    epochs: int = 200
+    patience: int = 10
+    lr: float = 3e-4
+    weight_decay: float = 1e-5
+    batch_size: int = 256
+    eval_every: int = 2
+    val_users: Optional[int] = 2048
+    num_beams: int = 50
+    eval_batch_size: int = 64
+    max_history: int = 50
+    lora_rank: int = 8
+    soft_inputs: bool = True
+    targets_per_user: Optional[int] = None
+    grad_clip: Optional[float] = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.epochs, self.patience, self.batch_size, self.eval_every, self.num_beams, self.lora_rank) < 1:
+            raise ValueError(f"Stage2Config: epochs, patience, batch_size, eval_every, num_beams and lora_rank "
+                             f"must be >= 1, got {self}")
+        if self.num_beams < 10:
+            raise ValueError(f"num_beams={self.num_beams}: validation Recall@10 needs a beam of at least 10")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,126 @@
+"""The frozen item vectors every tokenizer quantises (SPEC §4, §10), cached on disk.
+
+Each source block is ell2-normalised per item and scaled by 1/sqrt(#sources) so no source
+dominates by dimension count; the blocks are concatenated, centred, reduced to d by a
+truncated SVD (PCA), and every row is ell2-normalised. The cache key hashes the data
+fingerprint, these settings, the content encoder's version and CACHE_VERSION.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import write_atomic
+from ..data.dataset import DataError, SequenceDataset
+from .attributes import attribute_vectors
+from .collaborative import collaborative_vectors
+from .config import VectorConfig
+from .content import content_model_id, content_vectors
+
+CACHE_VERSION = 1
+"""Bump when the way vectors are built changes, so stale caches are never read."""
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CAPSID_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "capsid"
+
+
+def cache_key(data: SequenceDataset, cfg: VectorConfig) -> str:
+    payload = {
+        "data": data.fingerprint(), "config": cfg.to_dict(), "version": CACHE_VERSION,
+        "content_model": content_model_id() if "content" in cfg.sources else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def reduce_and_normalise(blocks: list[np.ndarray], d: int) -> np.ndarray:
+    """Concatenate unit-scaled blocks, PCA to d dimensions, ell2-normalise rows."""
+    scaled = []
+    for b in blocks:
+        b = np.asarray(b, dtype=np.float64)
+        norm = np.linalg.norm(b, axis=1, keepdims=True)
+        scaled.append(np.where(norm > 0, b / np.where(norm > 0, norm, 1.0), 0.0) / np.sqrt(len(blocks)))
+    z = np.concatenate(scaled, axis=1)
+    z = z - z.mean(axis=0, keepdims=True)
+    if z.shape[1] > d:
+        _, _, vt = np.linalg.svd(z, full_matrices=False)
+        z = z @ vt[:d].T
+    elif z.shape[1] < d:
+        z = np.concatenate([z, np.zeros((z.shape[0], d - z.shape[1]))], axis=1)
+    norm = np.linalg.norm(z, axis=1, keepdims=True)
+    bad = np.flatnonzero(norm[:, 0] == 0)
+    if bad.size:
+        raise DataError(f"item {int(bad[0])} has an all-zero item vector after reduction "
+                        f"({bad.size} such items); add a vector source that covers it")
+    return (z / norm).astype(np.float32)
+
+
+def build_item_vectors(data: SequenceDataset, cfg: VectorConfig = VectorConfig(), *,
+                       cache_dir: Path | None = None, device: str = "cpu",
+                       show_progress: bool = False) -> tuple[np.ndarray, dict]:
+    """Item vectors [n_items, d] and a record of how they were made (with `cached`)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = cache_key(data, cfg)
+    path = cache_dir / f"vectors-{key}.npy"
+    info = {"key": key, "path": str(path), "config": cfg.to_dict(), "dataset": data.name,
+            "content_model": content_model_id() if "content" in cfg.sources else None}
+    if path.is_file():
+        return np.load(path), {**info, "cached": True}
+    blocks = [_cached_block(data, cfg, source, cache_dir, device, show_progress) for source in cfg.sources]
+    vectors = reduce_and_normalise(blocks, cfg.d)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, vectors)
+    write_atomic(path, buf.getvalue())
+    return vectors, {**info, "cached": False}
+
+
+def _source_block(data: SequenceDataset, cfg: VectorConfig, source: str, device: str,
+                  show_progress: bool) -> np.ndarray:
+    if source == "given":
+        if data.item_vectors is None:
+            raise DataError(f"{data.name}: source 'given' asked for but the data has no item vectors")
+        return data.item_vectors
+    if source == "content":
+        if data.item_text is None:
+            raise DataError(f"{data.name}: source 'content' needs item text (metadata) and there is none")
+        return content_vectors(data.item_text, batch_size=cfg.content_batch, device=device,
+                               show_progress=show_progress)
+    if source == "collab":
+        return collaborative_vectors(
+            data.split().train, data.n_items, dim=cfg.collab_dim, layers=cfg.collab_layers,
+            heads=cfg.collab_heads, epochs=cfg.collab_epochs, batch_size=cfg.collab_batch,
+            lr=cfg.collab_lr, max_len=cfg.collab_max_len, seed=cfg.seed, device=device,
+            show_progress=show_progress)
+    if data.item_attributes is None:
+        raise DataError(f"{data.name}: source 'attr' needs item attributes and there are none")
+    return attribute_vectors(data.item_attributes)
+
+
+def _cached_block(data: SequenceDataset, cfg: VectorConfig, source: str, cache_dir: Path, device: str,
+                  show_progress: bool) -> np.ndarray:
+    """One source's block, cached on its own: changing another source or d reuses it."""
+    if source in ("given", "attr"):  # cheap: never cached
+        return _source_block(data, cfg, source, device, show_progress)
+    settings = {"content": {"batch": cfg.content_batch, "model": content_model_id()},
+                "collab": {k: v for k, v in cfg.to_dict().items() if k.startswith("collab_") or k == "seed"}}[source]
+    payload = {"data": data.fingerprint(), "source": source, "settings": settings, "version": CACHE_VERSION}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+    path = cache_dir / f"block-{source}-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    block = _source_block(data, cfg, source, device, show_progress)
+    buf = io.BytesIO()
+    np.save(buf, block)
+    write_atomic(path, buf.getvalue())
+    return block

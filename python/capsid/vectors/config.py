@@ -1,0 +1,43 @@
+"""Item-vector settings (SPEC §10): which sources, the target dimension, the models."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+SOURCES = ("given", "content", "collab", "attr")
+
+
+@dataclass(frozen=True)
+class VectorConfig:
+    """sources: any of "given" (vectors shipped with the data, e.g. the synthetic catalogue),
+        "content" (sentence embedding of "title; brand; categories; price"; needs the
+        `vectors` extra), "collab" (item embeddings of a SASRec trained on the training
+        split only), "attr" (idf-weighted multi-hot item attributes).
+    d: output dimension after the SVD reduction; vectors come out ell2-normalised.
+    collab_*: the SASRec: hidden size, layers, heads, epochs, batch, learning rate, history cap.
+    content_batch: sentences per encoder batch.
+    seed: every random draw (SASRec init, negatives, batching).
+    """
+
+    sources: tuple[str, ...] = ("content", "collab", "attr")
+    d: int = 128
+    collab_dim: int = 64
+    collab_layers: int = 2
+    collab_heads: int = 2
+    collab_epochs: int = 10
+    collab_batch: int = 256
+    collab_lr: float = 1e-3
+    collab_max_len: int = 50
+    content_batch: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.sources if s not in SOURCES]
+        if bad or not self.sources:
+            raise ValueError(f"sources: expected a non-empty subset of {SOURCES}, got {self.sources}")
+        if self.d < 1 or self.collab_dim < 1 or self.collab_epochs < 0:
+            raise ValueError(f"d >= 1, collab_dim >= 1 and collab_epochs >= 0 needed, got {self}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,57 @@
+"""`capsid pipeline` end to end on a tiny synthetic catalogue (every stage, two variants)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from capsid import pipeline
+
+TINY = {
+    "synthetic": {"n_items": 200, "n_users": 300, "branching": (4, 2, 2), "level_scales": (1.0, 0.6, 0.35)},
+    "tokenizer": {"capsules": 8, "capsule_dim": 8, "max_length": 3},
+    "stage1": {"epochs": 2, "patience": 2},
+    "bpe": {"max_merges": 8, "n_min": 5},
+    "generator": {"layers": 1, "heads": 2, "hidden": 32, "ffn": 64, "max_positions": 256},
+    "stage2": {"epochs": 2, "lr": 3e-3, "eval_every": 2, "val_users": 50},
+    "rqkmeans": {"levels": 2, "codes": 8, "n_init": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def tiny_preset(monkeypatch):
+    monkeypatch.setitem(pipeline.PRESETS, "tiny", TINY)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_pipeline_writes_results_table(tmp_path, capsys):
+    rc = pipeline.main(["--preset", "tiny", "--tokenizer", "capsid+bpe", "rqkmeans", "--seeds", "0", "1",
+                        "--out", str(tmp_path), "--quiet", "--beams", "20"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| capsid+bpe | 0,1 |" in printed and "| rqkmeans | 0,1 |" in printed and " ± " in printed
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = json.loads((folder / "results.json").read_text())
+    assert len(rows) == 4
+    for r in rows:
+        assert 0.0 <= r["recall@10"] <= 1.0 and r["recall@5"] <= r["recall@10"]
+        run = folder / r["variant"] / f"seed{r['seed']}"
+        assert (run / "stage2.safetensors").is_file() and (run / "results.json").is_file()
+    assert (folder / "results.md").read_text().startswith("dataset ")
+
+
+def test_variant_settings_cover_the_ablations():
+    base = pipeline.PRESETS["cpu"]
+    assert pipeline.variant_settings("hard", base)[0]["mode"] == "hard"
+    assert pipeline.variant_settings("t1", base)[0]["rounds"] == 1
+    tok, _, _, merges = pipeline.variant_settings("len2", base)
+    assert tok["max_length"] == 2 and tok["tau"] > 1 and tok["eps"] == 0 and not merges
+    assert pipeline.variant_settings("nospread", base)[1]["lambda_spread"] == 0.0
+    assert pipeline.variant_settings("freqbpe", base)[2]["alpha"] == 1.0
+    assert pipeline.variant_settings("capsid", base)[1]["lambda_bpe"] == 0.0
+    assert pipeline.variant_settings("capsid+bpe", base)[3]
