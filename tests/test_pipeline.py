@@ -34,7 +34,7 @@ def test_pipeline_writes_results_table(tmp_path, capsys):
                         "--out", str(tmp_path), "--quiet", "--beams", "20"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "| capsid+bpe | 0,1 |" in printed and "| rqkmeans | 0,1 |" in printed and " ± " in printed
+    assert "| capsid | 0,1 |" in printed and "| rqkmeans | 0,1 |" in printed and " ± " in printed
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     rows = json.loads((folder / "results.json").read_text())
     assert len(rows) == 4
@@ -48,10 +48,12 @@ def test_pipeline_writes_results_table(tmp_path, capsys):
 def test_variant_settings_cover_the_ablations():
     base = pipeline.PRESETS["cpu"]
     assert pipeline.variant_settings("hard", base)[0]["mode"] == "hard"
-    assert pipeline.variant_settings("t1", base)[0]["rounds"] == 1
+    assert pipeline.variant_settings("capsid-t1", base)[0]["rounds"] == 1
     tok, _, _, merges = pipeline.variant_settings("len2", base)
-    assert tok["max_length"] == 2 and tok["tau"] > 1 and tok["eps"] == 0 and not merges
+    assert tok["max_length"] == 2 and tok["tau"] > 1 and tok["eps"] < 0 and merges
     assert pipeline.variant_settings("nospread", base)[1]["lambda_spread"] == 0.0
     assert pipeline.variant_settings("freqbpe", base)[2]["alpha"] == 1.0
-    assert pipeline.variant_settings("capsid", base)[1]["lambda_bpe"] == 0.0
+    _, st1, _, merges = pipeline.variant_settings("capsid-nobpe", base)
+    assert st1["lambda_bpe"] == 0.0 and not merges
     assert pipeline.variant_settings("capsid+bpe", base)[3]
+    assert pipeline.variant_settings("capsid-hamr", base)[1]["hamr"].m_full == 0.8

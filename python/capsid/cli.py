@@ -1,8 +1,8 @@
 """The ``capsid`` command.
 
 ``capsid run`` is the main job: on the built-in synthetic catalogue it trains a CAPSID
-tokenizer (Stage 1 with SemanticBPE) and the RQ-KMeans baseline on the same item vectors
-and prints the tokenizer diagnostics side by side (CPU-sized defaults: K=64, 3 epochs).
+tokenizer (Stage 1 with SemanticBPE) and the RQ-KMeans and GAOQ baselines on the same item
+vectors and prints the tokenizer diagnostics side by side (CPU-sized defaults: K=64, 3 epochs).
 ``capsid tokenize`` is the same pipeline with the SPEC defaults (K=256, <= 100 epochs) and
 ``--data`` for Amazon-format data; ``capsid vectors`` builds and caches item vectors.
 """
@@ -68,6 +68,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = _device(args.device)
     names = parse_tokenizers(args.tokenizer)
     data = _load_data(args)
@@ -82,9 +84,9 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     settings = TokenizeSettings(
         tokenizers=names, capsules=args.capsules, capsule_dim=args.capsule_dim, max_length=args.max_length,
         backend=args.backend, stage1=stage1, rq_levels=args.rq_levels, seed=args.seed, device=str(device),
-        resume=not args.no_resume, show_progress=not args.quiet,
+        resume=not args.no_resume, show_progress=not args.quiet, hamr=args.hamr, threads=args.threads,
     )
-    print(f"tokenizers: {', '.join(names)}; K={args.capsules}, d_c={args.capsule_dim}, L_max={args.max_length}, "
+    print(f"tokenizers: {', '.join(names)}{' (+ HaMR)' if args.hamr else ''}; K={args.capsules}, d_c={args.capsule_dim}, L_max={args.max_length}, "
           f"Stage 1 <= {args.epochs} epochs (patience {args.patience}) on {device}; output in {args.out}")
     summary = run_tokenize(data, vectors, info, settings, args.out, command=command_line())
     print(format_comparison(summary))
@@ -135,21 +137,28 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tokenize_args(p: argparse.ArgumentParser, *, epochs: int, capsules: int, out: str, tokenizers: str) -> None:
+    from .jobs.tokenizers import TOKENIZERS
+
     _data_args(p)
     p.add_argument("--tokenizer", default=tokenizers,
-                   help="comma-separated: capsid, capsid-hard, capsid-t1, capsid-len2, capsid-len4, "
-                        f"capsid-nospread, capsid-freqbpe, rqkmeans (default {tokenizers})")
+                   help=f"comma-separated: {', '.join(TOKENIZERS)} (default {tokenizers}; "
+                        "docs/tokenizers.md compares them)")
+    p.add_argument("--hamr", action="store_true",
+                   help="add the HaMR repulsion (QuaSID: R=1, m_full 0.8, m_partial 0.5, weight 0.1) to "
+                        "every CAPSID variant's Stage 1 and to RQ-VAE")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; RQ-VAE trains on 1 unless this is given)")
     p.add_argument("--out", default=out, help=f"output directory (default {out})")
     p.add_argument("--epochs", type=int, default=epochs, help=f"Stage-1 epoch budget (default {epochs})")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--capsules", type=int, default=capsules, help=f"K per depth, also RQ-KMeans codes per level "
-                                                                  f"(default {capsules})")
+    p.add_argument("--capsules", type=int, default=capsules, help=f"K per depth, also RQ-KMeans/RQ-VAE codes per "
+                                                                  f"level (default {capsules})")
     p.add_argument("--capsule-dim", type=int, default=64)
     p.add_argument("--max-length", type=int, default=6, help="L_max")
     p.add_argument("--backend", default="auto", help="capsid_kernels backend: auto, eager, triton or cuda")
-    p.add_argument("--rq-levels", type=int, default=3, help="RQ-KMeans levels (3 or 4)")
+    p.add_argument("--rq-levels", type=int, default=3, help="RQ-KMeans/RQ-VAE levels (3 or 4)")
     p.add_argument("--bpe-alpha", type=float, default=0.6, help="Eq. 9 alpha (1.0 = frequency only)")
     p.add_argument("--bpe-n-min", type=int, default=20)
     p.add_argument("--bpe-theta-end", type=float, default=0.55)
@@ -164,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capsid", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="the main job: Stage 1 + SemanticBPE + RQ-KMeans on the synthetic "
+    run = sub.add_parser("run", help="the main job: Stage 1 + SemanticBPE, RQ-KMeans and GAOQ on the synthetic "
                                      "catalogue with CPU-sized defaults, then the comparison")
-    _tokenize_args(run, epochs=3, capsules=64, out="runs/run", tokenizers="capsid,rqkmeans")
+    _tokenize_args(run, epochs=3, capsules=64, out="runs/run", tokenizers="capsid,rqkmeans,gaoq")
     run.set_defaults(func=cmd_tokenize)
     tok = sub.add_parser("tokenize", help="train Stage 1 + SemanticBPE (and baselines) on a dataset; write "
                                           "SIDs, merges and diagnostics")

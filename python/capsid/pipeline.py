@@ -22,9 +22,13 @@ from typing import Optional
 
 import numpy as np
 
-VARIANTS = ("capsid+bpe", "capsid", "rqkmeans", "hard", "t1", "len2", "len4", "nospread", "freqbpe")
-"""capsid = no SemanticBPE; hard = winner-only routing; t1 = one routing round; len2/len4 =
-fixed length (no early stop); nospread = lambda_s = 0; freqbpe = frequency-only BPE (alpha 1)."""
+from .jobs.tokenizers import ALIASES, BASELINES, TOKENIZERS, canonical, capsid_variant
+
+VARIANTS = TOKENIZERS
+"""The tokenizer names: capsid.jobs.tokenizers' registry, the same as `capsid tokenize`'s
+(`capsid` = CAPSID + SemanticBPE, `capsid-nobpe` without it, the capsid-* ablations, the
+baselines); the former short names (capsid+bpe, hard, t1, len2, len4, nospread, freqbpe) are
+accepted through its ALIASES. Results are filed under the registry name."""
 
 PRESETS = {
     "cpu": {
@@ -37,6 +41,8 @@ PRESETS = {
         "stage2": {"epochs": 12, "lr": 3e-3, "eval_every": 4, "patience": 2, "val_users": 300,
                    "targets_per_user": 2, "max_history": 20},
         "rqkmeans": {"levels": 3, "codes": 48, "n_init": 1},
+        "gaoq": {},  # b = 32 x 3 (GAOQConfig): 32^3 leaves >> 1000 items, no dedup token
+        "rqvae": {"levels": 3, "codes": 48, "epochs": 100},
     },
     "paper": {
         "synthetic": {},
@@ -46,6 +52,8 @@ PRESETS = {
         "generator": {},
         "stage2": {"eval_every": 2},
         "rqkmeans": {"levels": 3, "codes": 256},
+        "gaoq": {},
+        "rqvae": {"levels": 3, "codes": 256},
     },
 }
 
@@ -77,49 +85,82 @@ def item_vectors(data, args, device) -> tuple[np.ndarray, dict]:
 
 
 def variant_settings(variant: str, preset: dict) -> tuple[dict, dict, dict, bool]:
-    """(tokenizer overrides, Stage-1 overrides, BPE overrides, use merges) of a variant."""
-    tok, st1, bpe = dict(preset["tokenizer"]), dict(preset["stage1"]), dict(preset["bpe"])
-    merges = variant in ("capsid+bpe", "freqbpe")
-    if not merges:
-        st1["lambda_bpe"] = 0.0
-    if variant == "hard":
-        tok["mode"] = "hard"
-    elif variant == "t1":
-        tok["rounds"] = 1
-    elif variant in ("len2", "len4"):
-        tok.update(max_length=int(variant[-1]), tau=2.0, eps=0.0)  # q < 1 and ||r|| > 0: never stop early
-    elif variant == "nospread":
-        st1["lambda_spread"] = 0.0
-    elif variant == "freqbpe":
-        bpe["alpha"] = 1.0
+    """(tokenizer overrides, Stage-1 overrides, BPE overrides, use merges) of a CAPSID variant:
+    the preset's settings with the registry's overrides (CAPSID_VARIANTS) on top. A variant
+    uses merges unless its Stage-1 lambda_bpe is 0."""
+    from .stage1 import Stage1Config
+
+    tok_o, st1_o, bpe_o = capsid_variant(variant)
+    tok = {**preset["tokenizer"], **tok_o}
+    st1 = {**preset["stage1"], **st1_o}
+    bpe = {**preset["bpe"], **bpe_o}
+    merges = float(st1.get("lambda_bpe", Stage1Config.lambda_bpe)) > 0
     return tok, st1, bpe, merges
 
 
+def _paths_tokenization(name: str, sids: np.ndarray, capsules, centres: list, x: np.ndarray):
+    """A baseline's SID table -> hard-input ItemTokenization (from_paths).
+
+    Token ids: 3 + offset of the position + code, offsets from `capsules` (codes per position,
+    the disambiguation position last, which may hold more than the levels' codes); -1 (a SID
+    that ended early, GAOQ) is skipped; every path ends with EOS. Token rows are warm-started
+    from `centres` (one [K_l, D] array per level, any common width D); positions without
+    centres (the disambiguation position) start random."""
+    import torch
+
+    from .generator import from_paths
+    from .generator.items import EOS, FIRST_CODE
+
+    offsets = FIRST_CODE + np.concatenate([[0], np.cumsum(capsules)[:-1]]).astype(np.int64)
+    vocab = FIRST_CODE + int(sum(capsules))
+    paths = [[int(offsets[j] + c) for j, c in enumerate(row) if c >= 0] + [EOS] for row in sids]
+    width = np.asarray(centres[0]).shape[1] if centres else x.shape[1]
+    init = torch.zeros(vocab, width)
+    has = torch.zeros(vocab, dtype=torch.bool)
+    for j, c in enumerate(centres):
+        c = torch.as_tensor(np.asarray(c), dtype=torch.float32)[: capsules[j]]
+        init[offsets[j]: offsets[j] + c.shape[0]] = c
+        has[offsets[j]: offsets[j] + c.shape[0]] = True
+    return from_paths(paths, vocab, init, has, name=name)
+
+
+def fit_baseline(variant: str, x: np.ndarray, preset: dict, seed: int):
+    """Fit a baseline (RQ-KMeans, GAOQ, RQ-VAE, RQ-VAE + HaMR) with the preset's settings ->
+    (ItemTokenization, info)."""
+    from .baselines import GAOQConfig, RQKMeansConfig, RQVAEConfig, fit_gaoq, fit_rqkmeans, fit_rqvae
+    from .tokenizer.hamr import HaMRConfig
+
+    start = time.perf_counter()
+    if variant == "rqkmeans":
+        out = fit_rqkmeans(x, RQKMeansConfig(seed=seed, **preset.get("rqkmeans", {})))
+        centres = out.centres
+    elif variant == "gaoq":
+        out = fit_gaoq(x, GAOQConfig(seed=seed, **preset.get("gaoq", {})))
+        centres = out.anchors
+    elif variant in ("rqvae", "rqvae-hamr"):
+        hamr = HaMRConfig() if variant == "rqvae-hamr" else None
+        out = fit_rqvae(x, RQVAEConfig(seed=seed, hamr=hamr, **preset.get("rqvae", {})))
+        centres = out.centres  # latent-space codebooks; the generator projects any width
+    else:
+        raise ValueError(f"not a baseline: {variant!r} (baselines: {', '.join(BASELINES)})")
+    info = {"collision_rate_before_disambiguation": 1 - len(np.unique(out.codes, axis=0)) / len(x),
+            "fit_seconds": time.perf_counter() - start,
+            "mean_length": float((out.sids >= 0).sum(1).mean())}
+    return _paths_tokenization(variant, out.sids, out.capsules, centres, x), info
+
+
 def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, device, run_dir: Path):
-    """Stage 1 (or the RQ-KMeans baseline) -> ItemTokenization."""
+    """Stage 1 (or a baseline) -> ItemTokenization."""
     import torch
 
     import capsid_kernels as ck
 
-    from .generator import from_capsid, from_paths, merge_gate_logits
+    from .generator import from_capsid, merge_gate_logits
 
     preset = PRESETS[args.preset]
     info: dict = {}
-    if variant == "rqkmeans":
-        from .baselines import RQKMeansConfig, fit_rqkmeans
-
-        out = fit_rqkmeans(x, RQKMeansConfig(seed=seed, **preset["rqkmeans"]))
-        offsets = 3 + np.concatenate([[0], np.cumsum(out.capsules)[:-1]])
-        vocab = 3 + int(sum(out.capsules))
-        paths = [[int(offsets[j] + c) for j, c in enumerate(row)] + [2] for row in out.sids]
-        init = torch.zeros(vocab, x.shape[1])
-        has = torch.zeros(vocab, dtype=torch.bool)
-        for j, c in enumerate(out.centres):  # the disambiguation position has no centre
-            c = torch.as_tensor(np.asarray(c), dtype=torch.float32)
-            init[offsets[j]: offsets[j] + c.shape[0]] = c
-            has[offsets[j]: offsets[j] + c.shape[0]] = True
-        info["collision_rate_before_disambiguation"] = 1 - len(np.unique(out.codes, axis=0)) / len(x)
-        return from_paths(paths, vocab, init, has, name="rqkmeans"), info
+    if variant in BASELINES:
+        return fit_baseline(variant, x, preset, seed)
 
     from .bpe import SemanticBPEConfig, token_embeddings
     from .stage1 import Stage1Config, tokenize_items, train_stage1
@@ -219,12 +260,21 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _tokenizer_name(text: str) -> str:
+    try:
+        return canonical(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="capsid pipeline", description=__doc__.split("\n")[0])
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder in the Amazon layout")
     p.add_argument("--name", default="Beauty", help="Amazon dataset name (<name>.txt)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic catalogue")
-    p.add_argument("--tokenizer", nargs="+", default=["capsid+bpe"], choices=VARIANTS)
+    p.add_argument("--tokenizer", nargs="+", default=["capsid"], type=_tokenizer_name, metavar="NAME",
+                   help=f"one or more of: {', '.join(VARIANTS)} (aliases: "
+                        f"{', '.join(f'{a}={b}' for a, b in ALIASES.items())}; default capsid)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     p.add_argument("--vectors", help="item vectors .npy [n_items, d] (else built by capsid.vectors)")
@@ -256,7 +306,7 @@ def run(args) -> int:
     print(f"data {data.name}: {data.n_items} items, {len(data.sequences)} users; vectors {x.shape} "
           f"({vinfo.get('source', vinfo.get('key', ''))}); device {device}", flush=True)
     rows = []
-    for variant in args.tokenizer:
+    for variant in dict.fromkeys(canonical(v) for v in args.tokenizer):
         for seed in args.seeds:
             r = run_one(variant, seed, data, x, args, device)
             rows.append(r)

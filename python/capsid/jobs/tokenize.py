@@ -3,10 +3,13 @@
 Output directory layout:
     vectors.json                       how the item vectors were made (cache key, sources)
     <tokenizer>/sids.npy               [N, L] per-depth codes, -1 after the item's end
-    <tokenizer>/merged.json            merged token ids per item (CAPSID variants)
+    <tokenizer>/merged.json            merged token ids per item (CAPSID variants; the SIDs when
+                                       a variant has no SemanticBPE)
     <tokenizer>/merges.json            the SemanticBPE vocabulary
     <tokenizer>/stage1.safetensors     Stage-1 checkpoint (resumable), stage1_log.jsonl
-    <tokenizer>/diagnostics.json       SPEC §8 metrics plus per-depth routing records
+    <tokenizer>/diagnostics.json       SPEC §8 metrics plus per-depth routing records; for the
+                                       baselines, metrics before and after the disambiguation
+                                       position, fit time and config
     summary.json, summary.md           every tokenizer side by side
     diagnostics.png                    length histogram and stop reasons (needs matplotlib)
 """
@@ -19,7 +22,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -27,12 +30,13 @@ import torch
 import capsid_kernels as ck
 
 from ..atomic import write_atomic
-from ..baselines import RQKMeansConfig, fit_rqkmeans
-from ..bpe import to_global
+from ..baselines import GAOQConfig, RQKMeansConfig, RQVAEConfig, fit_gaoq, fit_rqkmeans, fit_rqvae
+from ..bpe import MergeTable, base_vocab_size, to_global
 from ..data import SequenceDataset
 from ..metrics import tokenizer_metrics
 from ..stage1 import Stage1Config, train_stage1
-from .tokenizers import CAPSID_VARIANTS
+from ..tokenizer.hamr import HaMRConfig
+from .tokenizers import capsid_variant
 
 
 @dataclasses.dataclass
@@ -50,6 +54,8 @@ class TokenizeSettings:
     device: str = "cpu"
     resume: bool = True
     show_progress: bool = True
+    hamr: bool = False  # `--hamr`: add HaMR to every CAPSID variant's Stage 1 and to RQ-VAE
+    threads: Optional[int] = None  # torch CPU threads for RQ-VAE (None: 1, faster for its tiny ops)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -67,11 +73,13 @@ def _jsonable(o):
 
 
 def run_capsid(name: str, x: torch.Tensor, weights: np.ndarray, s: TokenizeSettings, out: Path) -> dict:
-    tok_over, st_over, bpe_over = CAPSID_VARIANTS[name]
+    tok_over, st_over, bpe_over = capsid_variant(name)
     tok_cfg = ck.CapsIDConfig(**{"d": x.shape[1], "capsules": s.capsules, "capsule_dim": s.capsule_dim,
                                  "max_length": s.max_length, "backend": s.backend, **tok_over})
     bpe_cfg = dataclasses.replace(s.stage1.bpe, **bpe_over)
     st_cfg = dataclasses.replace(s.stage1, **{"bpe": bpe_cfg, "seed": s.seed, **st_over})
+    if s.hamr and st_cfg.hamr is None:
+        st_cfg = dataclasses.replace(st_cfg, hamr=HaMRConfig())
     tokenizer = ck.CapsIDTokenizer(tok_cfg, seed=s.seed).to(x.device)
     result = train_stage1(tokenizer, x, weights, st_cfg, out_dir=out, resume=s.resume,
                           show_progress=s.show_progress)
@@ -79,10 +87,12 @@ def run_capsid(name: str, x: torch.Tensor, weights: np.ndarray, s: TokenizeSetti
         final = tokenizer.tokenize(x)
     sids = final.sids.cpu().numpy()
     ks = tok_cfg.capsules_per_depth
-    merged = result.merges.encode_table(to_global(sids, ks))
+    # lambda_bpe = 0 (capsid-nobpe): the gate was never trained, so no merges are applied
+    merges = result.merges if st_cfg.lambda_bpe > 0 else MergeTable(base_vocab_size(ks), [])
+    merged = merges.encode_table(to_global(sids, ks))
     np.save(out / "sids.npy", sids)
     _write_json(out / "merged.json", merged)
-    write_atomic(out / "merges.json", result.merges.to_json().encode())
+    write_atomic(out / "merges.json", merges.to_json().encode())
     diag = tokenizer_metrics(sids, ks, x.cpu().numpy(), stop_reason=final.stop_reason.cpu().numpy(),
                              merged_lengths=np.array([len(m) for m in merged]), seed=s.seed)
     stack = tokenizer.diagnostics(final)
@@ -91,7 +101,7 @@ def run_capsid(name: str, x: torch.Tensor, weights: np.ndarray, s: TokenizeSetti
     diag["stage1"] = {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
                       "stopped_early": result.stopped_early, "seconds": result.seconds,
                       "config": st_cfg.to_dict()}
-    diag["bpe"] = {"merges": len(result.merges), "candidates": int(len(result.candidates.pairs)),
+    diag["bpe"] = {"merges": len(merges), "candidates": int(len(result.candidates.pairs)),
                    **_pair_cosine_summary(tokenizer, sids, weights, ks)}
     diag["tokenizer_config"] = tok_cfg.to_dict()
     return diag
@@ -111,22 +121,80 @@ def _pair_cosine_summary(tokenizer, sids: np.ndarray, weights: np.ndarray, ks) -
             "pair_cos_p99": float(q[2]), "pair_cos_max": float(q[3])}
 
 
-def run_rqkmeans(x: torch.Tensor, s: TokenizeSettings, out: Path) -> dict:
-    cfg = RQKMeansConfig(levels=s.rq_levels, codes=s.capsules, seed=s.seed)
-    start = time.perf_counter()
-    res = fit_rqkmeans(x.cpu().numpy(), cfg)
-    seconds = time.perf_counter() - start
-    np.save(out / "sids.npy", res.sids)
-    xn = x.cpu().numpy()
-    diag = tokenizer_metrics(res.codes, (cfg.codes,) * cfg.levels, xn, seed=s.seed)
-    after = tokenizer_metrics(res.sids, res.capsules, xn, seed=s.seed)
+def _baseline_diagnostics(res, levels_capsules: tuple, x: np.ndarray, s: TokenizeSettings, seconds: float,
+                          cfg) -> dict:
+    """SPEC §8 metrics on the codes before the disambiguation position (res.codes, -1 padded
+    where a SID ended early) and on the full SIDs (res.sids with res.capsules: the token ids
+    the generator gets), fit time and config; the same for every baseline."""
+    diag = tokenizer_metrics(res.codes, levels_capsules, x, seed=s.seed)
+    after = tokenizer_metrics(res.sids, res.capsules, x, seed=s.seed)
     diag["collision_rate_after_disambiguation"] = after["collision_rate"]
-    diag["disambiguation_codes"] = int(res.sids[:, -1].max()) + 1
+    has_extra = res.sids.shape[1] > res.codes.shape[1]
+    diag["disambiguation_codes"] = int(res.sids[:, -1].max()) + 1 if has_extra else 0
     diag["mean_length_with_disambiguation"] = after["mean_length"]
-    diag["val_route"] = float(((xn / np.linalg.norm(xn, axis=1, keepdims=True) - res.recon) ** 2).sum(1).mean())
+    diag["capsules"] = [int(k) for k in res.capsules]
     diag["fit_seconds"] = seconds
     diag["config"] = cfg.to_dict()
     return diag
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def run_rqkmeans(name: str, x: torch.Tensor, s: TokenizeSettings, out: Path) -> dict:
+    cfg = RQKMeansConfig(levels=s.rq_levels, codes=s.capsules, seed=s.seed)
+    xn = x.cpu().numpy()
+    start = time.perf_counter()
+    res = fit_rqkmeans(xn, cfg)
+    seconds = time.perf_counter() - start
+    np.save(out / "sids.npy", res.sids)
+    diag = _baseline_diagnostics(res, (cfg.codes,) * cfg.levels, xn, s, seconds, cfg)
+    diag["val_route"] = float(((_unit(xn) - res.recon) ** 2).sum(1).mean())
+    return diag
+
+
+def run_gaoq(name: str, x: torch.Tensor, s: TokenizeSettings, out: Path) -> dict:
+    """GAOQ with its defaults (b = 32 x 3, g = b; see GAOQConfig). Its leaf centroid is no
+    reconstruction comparable with the others, so no val_route."""
+    cfg = GAOQConfig(seed=s.seed)
+    xn = x.cpu().numpy()
+    start = time.perf_counter()
+    res = fit_gaoq(xn, cfg)
+    seconds = time.perf_counter() - start
+    np.save(out / "sids.npy", res.sids)
+    diag = _baseline_diagnostics(res, cfg.anchors_per_level, xn, s, seconds, cfg)
+    diag["node_sizes"] = [{"min": int(min(z)), "max": int(max(z))} for z in res.sizes]
+    return diag
+
+
+def run_rqvae(name: str, x: torch.Tensor, s: TokenizeSettings, out: Path) -> dict:
+    """RQ-VAE (TIGER; RQVAEConfig defaults: 300 epochs, AdamW) with `rq_levels` x `capsules`
+    codes, plus HaMR for `rqvae-hamr` or `--hamr`. Trained on the CPU with `threads` torch
+    threads (default 1: its ops are small, and more threads were slower on small CPUs)."""
+    hamr = HaMRConfig() if name == "rqvae-hamr" or s.hamr else None
+    cfg = RQVAEConfig(levels=s.rq_levels, codes=s.capsules, seed=s.seed, hamr=hamr)
+    xn = x.cpu().numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(s.threads or 1)
+    try:
+        res = fit_rqvae(xn, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    np.save(out / "sids.npy", res.sids)
+    diag = _baseline_diagnostics(res, (cfg.codes,) * cfg.levels, xn, s, res.seconds, cfg)
+    diag["val_route"] = float(((_unit(xn) - res.recon) ** 2).sum(1).mean())
+    diag["history"] = res.history
+    return diag
+
+
+BASELINE_RUNNERS: dict[str, Callable[[str, torch.Tensor, TokenizeSettings, Path], dict]] = {
+    "rqkmeans": run_rqkmeans,
+    "gaoq": run_gaoq,
+    "rqvae": run_rqvae,
+    "rqvae-hamr": run_rqvae,
+}
+"""Registry name -> runner, for every name in BASELINES; the rest are CAPSID_VARIANTS."""
 
 
 def run_tokenize(data: SequenceDataset, vectors: np.ndarray, vector_info: dict, s: TokenizeSettings,
@@ -143,7 +211,8 @@ def run_tokenize(data: SequenceDataset, vectors: np.ndarray, vector_info: dict, 
         sub = out_dir / name
         sub.mkdir(exist_ok=True)
         start = time.perf_counter()
-        diag = run_rqkmeans(x, s, sub) if name == "rqkmeans" else run_capsid(name, x, weights, s, sub)
+        runner = BASELINE_RUNNERS.get(name)
+        diag = runner(name, x, s, sub) if runner is not None else run_capsid(name, x, weights, s, sub)
         diag["seconds"] = time.perf_counter() - start
         _write_json(sub / "diagnostics.json", diag)
         results[name] = diag

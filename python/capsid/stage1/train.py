@@ -40,6 +40,7 @@ from ..bpe import (
 from ..bpe.pairs import Candidates
 from ..tokenizer import losses, schedules
 from ..tokenizer.forward import forward_all_depths
+from ..tokenizer.hamr import HaMRConfig, hamr_from_config, routing_embedding, sids_from_tokens
 from .checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint, write_atomic
 
 
@@ -48,7 +49,9 @@ class Stage1Config:
     """Stage-1 optimisation (SPEC §1): AdamW lr 1e-3, cosine, wd 1e-5, batch 256, <= 100 epochs,
     patience 10 on the validation items' L_route; loss weights lambda_r, lambda_s, lambda_l,
     lambda_b = 1.0, 0.1, 0.05, 0.2; spread margin m 0.2 -> 0.9. `val_fraction` of the items
-    (at least one) are held out of the gradient steps and only measure reconstruction."""
+    (at least one) are held out of the gradient steps and only measure reconstruction.
+    `hamr`: None, or the HaMR repulsion (capsid.tokenizer.hamr, `--hamr`) added as
+    hamr.weight * L_HaMR on the routing weights of the depths each item reaches."""
 
     epochs: int = 100
     patience: int = 10
@@ -65,6 +68,7 @@ class Stage1Config:
     eval_batch_size: int = 4096
     seed: int = 0
     bpe: SemanticBPEConfig = field(default_factory=SemanticBPEConfig)
+    hamr: Optional[HaMRConfig] = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
@@ -74,7 +78,12 @@ class Stage1Config:
             raise ValueError(f"val_fraction: expected a value in [0, 1), got {self.val_fraction}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-able settings; `hamr` only when set, so a run without HaMR stores the same
+        config as before the field existed and still resumes from those checkpoints."""
+        d = dataclasses.asdict(self)
+        if d["hamr"] is None:
+            del d["hamr"]
+        return d
 
 
 @dataclass
@@ -209,14 +218,17 @@ def train_stage1(
         gumbel_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch + 1)
         perm = train_idx[torch.randperm(train_idx.numel(), generator=order_gen).to(device)]
         sums = {"route": 0.0, "spread": 0.0, "len": 0.0, "bpe": 0.0, "total": 0.0}
+        if cfg.hamr is not None:
+            sums["hamr"] = 0.0
         tokenizer.train()
         gate.train()
         for step in range(steps_per_epoch):
             lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total_steps))
             for group in opt.param_groups:
                 group["lr"] = lr
-            batch = x[perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
-            a = forward_all_depths(tokenizer, batch, need_weights=cfg.lambda_spread > 0)
+            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            batch = x[idx]
+            a = forward_all_depths(tokenizer, batch, need_weights=cfg.lambda_spread > 0 or cfg.hamr is not None)
             l_route = losses.route_loss(a.x0, a.x_hat)
             l_len = losses.length_loss(a.confidence, a.residual_norm, c.tau, c.eps)
             centres = [m.centres() for m in tokenizer.layers]
@@ -231,6 +243,11 @@ def train_stage1(
                 l_bpe = l_route.new_zeros(())
             total = (cfg.lambda_route * l_route + cfg.lambda_spread * l_spread + cfg.lambda_len * l_len
                      + cfg.lambda_bpe * l_bpe)
+            if cfg.hamr is not None:
+                l_hamr = hamr_from_config(routing_embedding(a.weights, a.reached), sids_from_tokens(a.token, a.reached),
+                                          cfg.hamr, item_ids=idx).loss
+                total = total + cfg.hamr.weight * l_hamr
+                sums["hamr"] += float(l_hamr.detach())
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
