@@ -138,3 +138,16 @@ def test_diagnostics_fields():
         assert sum(d["code_usage"]) == d["active"]
         assert sum(d["stops"].values()) <= d["active"]
     assert diag["mean_length"] == pytest.approx(out.lengths.double().mean().item())
+
+
+def test_item_check_is_chunked_and_still_names_the_item(monkeypatch):
+    import capsid_kernels.reference.stack as stack
+
+    monkeypatch.setattr(stack, "CHECK_CHUNK", 4)
+    x = torch.randn(11, 5, dtype=F64)
+    x[9] = 0.0
+    with pytest.raises(ValueError, match=r"x: item 9 is the zero vector"):
+        stack.check_item_vectors(x)
+    x[9, 0], x[6, 1] = 1.0, float("nan")
+    with pytest.raises(ValueError, match=r"x: item 6 has a non-finite value"):
+        stack.check_item_vectors(x)

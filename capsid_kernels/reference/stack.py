@@ -16,6 +16,7 @@ from .routing import CONTINUE, STOP_CAP, STOP_CONF, STOP_RESID, RouteOutput, rou
 from .squash import compute_dtype
 
 PAD_TOKEN = -1
+CHECK_CHUNK = 1 << 20  # rows per step of the item-vector check
 
 
 class DepthOutput(NamedTuple):
@@ -51,13 +52,19 @@ def check_item_vectors(x: Tensor, name: str = "x") -> None:
         raise TypeError(f"{name}: expected a floating dtype (float64, float32, bfloat16), got {x.dtype}")
     if x.shape[0] == 0:
         return
-    bad_finite = ~torch.isfinite(x).all(dim=1)
+    # Row flags chunk by chunk: the temporaries stay O(chunk * d) on a catalogue of millions.
+    n = x.shape[0]
+    bad_finite = torch.empty(n, dtype=torch.bool, device=x.device)
+    zero = torch.empty(n, dtype=torch.bool, device=x.device)
+    for start in range(0, n, CHECK_CHUNK):
+        rows = x[start:start + CHECK_CHUNK]
+        bad_finite[start:start + rows.shape[0]] = ~torch.isfinite(rows).all(dim=1)
+        zero[start:start + rows.shape[0]] = (rows == 0).all(dim=1)
     if bool(bad_finite.any()):
         i = int(bad_finite.nonzero()[0, 0])
         raise ValueError(
             f"{name}: item {i} has a non-finite value (NaN or Inf); {int(bad_finite.sum())} such items in all"
         )
-    zero = (x == 0).all(dim=1)
     if bool(zero.any()):
         i = int(zero.nonzero()[0, 0])
         raise ValueError(f"{name}: item {i} is the zero vector and cannot be normalised; {int(zero.sum())} such items")
