@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(vec)
     vec.add_argument("--save", help="write the vectors to this .npy")
     vec.set_defaults(func=cmd_vectors)
+    enc = sub.add_parser("encode", help="tokenize a whole catalogue of item vectors in chunks (progress bar, "
+                                         "diagnostics); a freshly initialised tokenizer, for kernel-scale runs")
+    from . import encode as _encode
+    _encode.add_arguments(enc)
+    enc.set_defaults(func=_encode.run)
     pipe = sub.add_parser("pipeline", help="data -> vectors -> tokenizer -> Stage 2 -> evaluation, "
                                            "over seeds, with a results table")
     _pipeline.build_parser(pipe)
