@@ -3,11 +3,18 @@
 One file, so a reader never sees tensors from one epoch with metadata from another; written
 to a temporary name in the same folder, fsynced, then os.replace'd over the old one, so a
 crash leaves either the previous checkpoint or the new one, never half of one.
+
+The metadata carries `format_version` (FORMAT_VERSION; files written before the field existed
+have the same layout and read as version 1) and `git_commit` (provenance only, never checked:
+null outside a git checkout). Loading never unpickles anything: safetensors holds raw tensors
+and the metadata is JSON.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import subprocess
 from pathlib import Path
 
 import torch
@@ -17,19 +24,44 @@ from safetensors.torch import save as st_save
 from ..atomic import write_atomic
 
 META_KEY = "capsid"
+FORMAT_VERSION = 1
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """HEAD of the checkout this package runs from, or None (no git, not a checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) == 40 else None
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {**meta, "format_version": FORMAT_VERSION, "git_commit": git_commit()}
     write_atomic(Path(path), st_save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a checkpoint written by save_checkpoint; ValueError naming the
+    file when it is no safetensors file or carries another format version."""
     data = Path(path).read_bytes()
-    tensors = st_load(data)
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + header_len])
-    meta = json.loads(header.get("__metadata__", {}).get(META_KEY, "{}"))
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+        meta = json.loads(header.get("__metadata__", {}).get(META_KEY, "{}"))
+    except Exception as exc:  # safetensors raises its own error types; JSON its own
+        raise ValueError(f"{path}: not a readable capsid checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: checkpoint metadata is {type(meta).__name__}, expected a JSON object")
+    version = meta.get("format_version", 1)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format_version {version!r}, this capsid reads {FORMAT_VERSION}; "
+                         "retrain into another output directory or use --no-resume")
     return tensors, meta
 
 
