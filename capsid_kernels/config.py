@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -18,7 +20,8 @@ class CapsIDConfig:
     capsule_dim: d_c, the capsule output dimension.
     rounds: T, routing-by-agreement rounds per depth.
     max_length: L_max, the longest SID.
-    tau: confidence stop (q >= tau).  eps: residual stop (||r|| <= eps).
+    tau: confidence stop (q >= tau).  eps: residual stop (||r|| <= eps). tau > 1 or eps < 0
+        switches that rule off (q < 1 and ||r|| >= 0 always): the fixed-length ablations use it.
     eta: residual step r' = r - eta z.
     mode: "soft" (routed reconstruction) or "hard" (winner only, the ablation).
     precision: "exact" float32 matmuls, or "tf32" on the GPU.
@@ -49,6 +52,12 @@ class CapsIDConfig:
             raise ValueError(
                 f"capsules: expected an int >= 1 or {self.max_length} ints >= 1 (one per depth), got {self.capsules!r}"
             )
+        for name in ("tau", "eps", "eta"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        if self.eta <= 0:
+            raise ValueError(f"eta: expected a residual step > 0, got {self.eta!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
         if self.precision not in PRECISIONS:

@@ -15,6 +15,7 @@ from .reference import RouteOutput, StackOutput, codebook_centres, stack_diagnos
 class CapsuleLayer(nn.Module):
     """One depth of routing: vote transforms W [K, d_c, d], biases b [K, d_c], decoder D [d, d_c].
 
+    ``check_finite`` rejects NaN/Inf residuals before routing (one device synchronisation).
     Initialised so a unit residual gives votes of norm about 1 (W ~ N(0, 1/d_c)), capsule
     centres in distinct directions (b ~ N(0, 1/d_c)) and a norm-preserving decoder
     (orthonormal columns, the identity when d_c = d).
@@ -23,7 +24,7 @@ class CapsuleLayer(nn.Module):
     def __init__(
         self, d: int, capsules: int, capsule_dim: int, *, rounds: int = 3, mode: str = "soft",
         eta: float = 1.0, tau: float = 0.82, eps: float = 0.08, precision: str = "exact",
-        backend: str = "auto", generator: Optional[torch.Generator] = None,
+        backend: str = "auto", check_finite: bool = True, generator: Optional[torch.Generator] = None,
         dtype: Optional[torch.dtype] = None, device=None,
     ) -> None:
         super().__init__()
@@ -32,7 +33,7 @@ class CapsuleLayer(nn.Module):
         self.b = nn.Parameter(torch.empty(capsules, capsule_dim, **kw))
         self.D = nn.Parameter(torch.empty(d, capsule_dim, **kw))
         self.rounds, self.mode, self.eta, self.tau, self.eps = rounds, mode, eta, tau, eps
-        self.precision, self.backend = precision, backend
+        self.precision, self.backend, self.check_finite = precision, backend, check_finite
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -46,6 +47,13 @@ class CapsuleLayer(nn.Module):
 
     def forward(self, r: Tensor, *, last: bool = False, need_weights: bool = False,
                 need_onorm: bool = False) -> RouteOutput:
+        """One routing layer; ``check_finite`` (on by default, one synchronisation) rejects NaN/Inf in r."""
+        if self.check_finite and isinstance(r, Tensor) and r.is_floating_point() and r.numel():
+            bad = ~torch.isfinite(r)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0]) if r.dim() == 2 else 0
+                raise ValueError(f"r: row {i} has a non-finite value (NaN or Inf); "
+                                 "pass check_finite=False to skip this check")
         return route(
             r, self.W, self.b, self.D, rounds=self.rounds, mode=self.mode, eta=self.eta, tau=self.tau,
             eps=self.eps, last=last, need_weights=need_weights, need_onorm=need_onorm,

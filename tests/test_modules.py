@@ -72,3 +72,22 @@ def test_config_is_frozen_and_serialisable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.rounds = 5
     assert ck.CapsIDConfig(**c.to_dict()) == c
+
+
+def test_config_rejects_non_finite_stop_rules_and_bad_step():
+    with pytest.raises(ValueError, match=r"tau: expected a finite number, got nan"):
+        ck.CapsIDConfig(tau=float("nan"))
+    with pytest.raises(ValueError, match=r"eta: expected a residual step > 0, got 0.0"):
+        ck.CapsIDConfig(eta=0.0)
+    assert ck.CapsIDConfig(tau=2.0, eps=-1.0).tau == 2.0  # rules switched off: the fixed-length ablation
+
+
+def test_capsule_layer_rejects_non_finite_residuals_unless_told_not_to():
+    layer = ck.CapsuleLayer(6, 4, 3, dtype=torch.float64)
+    r = torch.randn(5, 6, dtype=torch.float64)
+    r[3, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"r: row 3 has a non-finite value"):
+        layer(r)
+    layer.check_finite = False
+    out = layer(r)  # the hot path skips the check; the non-finite row propagates
+    assert not torch.isfinite(out.residual[3]).all()
