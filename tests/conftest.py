@@ -15,6 +15,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for tests of tiny models: two threads on a busy 2-core runner were
+    measured 30-40x slower. The previous setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_layer(k: int, dc: int, d: int, *, dtype=torch.float64, device="cpu", seed: int = 0, scale: float = 1.0):
     """Random (W, b, D) with votes of norm about ``scale`` for unit residuals: never zeros."""
     g = torch.Generator().manual_seed(seed)

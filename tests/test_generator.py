@@ -22,12 +22,8 @@ from capsid.generator import (
     make_batch,
 )
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread avoids oversubscribing shared 2-core runners (conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = GeneratorConfig(layers=2, heads=2, hidden=16, ffn=32, dropout=0.0, max_positions=128)

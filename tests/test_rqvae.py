@@ -15,13 +15,8 @@ SMALL = RQVAEConfig(hidden=(64,), latent=16, levels=2, codes=8, epochs=40, batch
 """8 codes per level on a catalogue of 8 top facets: collapse would show as few used codes."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls: on a busy 2-core runner, two intra-op threads are ~30x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: one intra-op thread avoids oversubscribing shared 2-core runners (conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,8 @@ def _run(items, data, cfg, out_dir=None, **kw):
     return train_stage2(model, items, split, data.popularity(), cfg, out_dir=out_dir, show_progress=False, **kw), split
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread avoids oversubscription on shared CI cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread avoids oversubscribing shared 2-core runners (conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_learns_deterministic_next_item():

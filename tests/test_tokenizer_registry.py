@@ -21,11 +21,8 @@ TINY = ["--items", "300", "--users", "200", "--epochs", "1", "--capsules", "8", 
         "--max-length", "3", "--batch-size", "128", "--quiet", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+# Tiny models: one intra-op thread avoids oversubscribing shared 2-core runners (conftest).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pipeline_and_tokenize_share_one_registry():
