@@ -116,3 +116,21 @@ def test_training_samples_never_leak_held_out_items():
         assert np.array_equal(split.valid.history[u, : split.valid.length[u]], seq[:-2])
         assert split.valid.target[u] == seq[-2] and split.test.target[u] == seq[-1]
         assert np.array_equal(split.test.history[u, : split.test.length[u]], seq[:-1])
+
+
+def test_length_buckets_keep_every_sample_once_and_cut_padding():
+    from capsid.stage2.samples import bucketed_batches
+
+    rng = np.random.default_rng(3)
+    samples = np.stack([np.arange(2000) % 97, rng.geometric(0.12, 2000)], 1)  # skewed, like real histories
+    plain = bucketed_batches(samples, 64, 50, 1, np.random.default_rng(0))
+    bucketed = bucketed_batches(samples, 64, 50, 8, np.random.default_rng(0))
+    for batches in (plain, bucketed):
+        seen = np.concatenate(batches)
+        assert len(seen) == len(samples)
+        assert sorted(map(tuple, seen)) == sorted(map(tuple, samples))
+        assert max(len(b) for b in batches) == 64
+    width = lambda bs: np.mean([np.minimum(b[:, 1], 50).max() for b in bs])  # noqa: E731
+    assert width(bucketed) < 0.6 * width(plain)
+    again = bucketed_batches(samples, 64, 50, 8, np.random.default_rng(0))
+    assert all(np.array_equal(a, b) for a, b in zip(bucketed, again))

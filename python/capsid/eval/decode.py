@@ -38,6 +38,7 @@ class Recommender:
                  max_history: int = 50, amp: bool = True) -> None:
         self.model, self.inputs, self.items, self.trie = model, inputs, items, trie
         self.max_history, self.amp = max_history, amp
+        self.path_matrix = items.path_matrix()
 
     @property
     def device(self) -> torch.device:
@@ -49,7 +50,7 @@ class Recommender:
         return self.inputs.rows(self.model.tok.weight, ids)
 
     def _prefix(self, rows: Tensor, histories: Sequence[np.ndarray]):
-        b = make_batch(self.items.paths, histories, None, self.max_history).to(self.device)
+        b = make_batch(self.path_matrix, histories, None, self.max_history).to(self.device)
         emb = self.model.embed(b.tokens)
         if b.unique.numel():
             hist = rows[b.unique][b.hist_slot.clamp(min=0), b.hist_pos]

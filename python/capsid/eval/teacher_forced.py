@@ -26,8 +26,9 @@ def teacher_forced_scores(model, inputs, items, histories: Sequence[np.ndarray],
     top5 = np.zeros(p)
     count = np.zeros(p)
     code_hits = 0
+    pm = items.path_matrix()
     for lo in range(0, len(histories), batch_size):
-        b = make_batch(items.paths, histories[lo: lo + batch_size], targets[lo: lo + batch_size],
+        b = make_batch(pm, histories[lo: lo + batch_size], targets[lo: lo + batch_size],
                        max_history).to(device)
         with autocast(device):
             logits = model(embed_batch(model, inputs, b), b.positions, b.sid_pos, b.key_valid).float()

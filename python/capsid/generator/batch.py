@@ -37,44 +37,61 @@ class Batch:
         return Batch(**{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()})
 
 
-def make_batch(paths: Sequence[Sequence[int]], histories: Sequence[np.ndarray],
-               targets: Optional[Sequence[int]] = None, max_history: int = 50) -> Batch:
+def as_path_matrix(paths) -> np.ndarray:
+    """[N, P] PAD-filled, EOS-terminated paths from a matrix or a list of token lists."""
+    if isinstance(paths, np.ndarray):
+        return paths
+    out = np.full((len(paths), max((len(p) for p in paths), default=1)), PAD, np.int64)
+    for i, p in enumerate(paths):
+        out[i, : len(p)] = p
+    return out
+
+
+def make_batch(paths, histories: Sequence[np.ndarray], targets: Optional[Sequence[int]] = None,
+               max_history: int = 50) -> Batch:
+    """Vectorised over rows: `paths` is a PAD-filled path matrix (pass one built once; a list of
+    token lists also works, converted on each call)."""
+    pm = as_path_matrix(paths)
+    plen = (pm != PAD).sum(1)
     rows = len(histories)
     hists = [np.asarray(h, dtype=np.int64)[-max_history:] if max_history else np.zeros(0, np.int64)
              for h in histories]
-    unique, inverse = np.unique(np.concatenate(hists) if rows else np.zeros(0, np.int64), return_inverse=True)
-    prefix = []
-    at = 0
-    for h in hists:
-        toks, slot, pos, sid = [], [], [], []
-        for item, u in zip(h, inverse[at: at + len(h)]):
-            p = paths[int(item)]
-            toks.extend(p)
-            slot.extend([int(u)] * len(p))
-            pos.extend(range(len(p)))
-            sid.extend(range(1, len(p) + 1))
-        at += len(h)
-        prefix.append((toks + [BOS], slot + [-1], pos + [0], sid + [0]))
-    tp = max((len(p[0]) for p in prefix), default=1)
-    tails = [list(paths[int(t)]) for t in targets] if targets is not None else [[] for _ in range(rows)]
-    tt = max((max(len(t) - 1, 0) for t in tails), default=0)  # target inputs: path without its EOS
+    n_hist = np.array([len(h) for h in hists], np.int64)
+    occ = np.concatenate(hists) if rows else np.zeros(0, np.int64)
+    unique, inverse = np.unique(occ, return_inverse=True)
+    occ_row = np.repeat(np.arange(rows), n_hist)
+    per_occ = plen[occ]
+    hist_tok = np.bincount(occ_row, weights=per_occ, minlength=rows).astype(np.int64)
+    tp = int(hist_tok.max(initial=0)) + 1  # + BOS
+    tgt = pm[np.asarray(targets, np.int64)] if targets is not None else np.zeros((rows, 0), np.int64)
+    tlen = plen[np.asarray(targets, np.int64)] if targets is not None else np.zeros(rows, np.int64)
+    tt = int(max(tlen.max(initial=0) - 1, 0))  # target inputs: path without its EOS
     width = tp + tt
     tokens = np.full((rows, width), PAD, np.int64)
     slot = np.full((rows, width), -1, np.int64)
     hpos = np.zeros((rows, width), np.int64)
     sidp = np.zeros((rows, width), np.int64)
     valid = np.zeros((rows, width), bool)
-    labels = np.full((rows, width), IGNORE, np.int64) if targets is not None else None
-    for i, ((toks, sl, ps, sd), tail) in enumerate(zip(prefix, tails)):
-        lo = tp - len(toks)
-        tokens[i, lo:tp], slot[i, lo:tp], hpos[i, lo:tp], sidp[i, lo:tp] = toks, sl, ps, sd
-        valid[i, lo:tp] = True
-        if tail:
-            m = len(tail) - 1
-            tokens[i, tp: tp + m] = tail[:-1]
-            sidp[i, tp: tp + m] = np.arange(1, m + 1)
-            valid[i, tp: tp + m] = True
-            labels[i, tp - 1: tp + m] = tail
+    # history tokens, right-aligned against BOS at column tp - 1
+    tok_occ = np.repeat(np.arange(len(occ)), per_occ)
+    within = np.arange(len(tok_occ)) - np.repeat(np.cumsum(per_occ) - per_occ, per_occ)
+    r = occ_row[tok_occ]
+    row_start = np.cumsum(hist_tok) - hist_tok
+    col = tp - 1 - hist_tok[r] + (np.arange(len(tok_occ)) - row_start[r])
+    tokens[r, col], slot[r, col], hpos[r, col], sidp[r, col] = pm[occ[tok_occ], within], inverse[tok_occ], within, \
+        within + 1
+    valid[r, col] = True
+    tokens[:, tp - 1], valid[:, tp - 1] = BOS, True
+    labels = None
+    if targets is not None:
+        j = np.arange(tt)
+        inp = j[None] < (tlen - 1)[:, None]
+        tokens[:, tp:] = np.where(inp, tgt[:, :tt], PAD)
+        sidp[:, tp:] = np.where(inp, j + 1, 0)
+        valid[:, tp:] = inp
+        labels = np.full((rows, width), IGNORE, np.int64)
+        lab = np.arange(tt + 1)[None] < tlen[:, None]
+        labels[:, tp - 1:] = np.where(lab, tgt[:, : tt + 1], IGNORE)
     positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
     t = torch.as_tensor
     return Batch(tokens=t(tokens), hist_slot=t(slot), hist_pos=t(hpos), unique=t(unique), positions=t(positions),

@@ -21,6 +21,9 @@ class Stage2Config:
     targets_per_user: training samples per user are every prefix -> next item of the training
         part; keep only the last this-many per user (None = all).
     grad_clip: global gradient-norm clip (None = off).
+    length_buckets: sort each run of this many shuffled batches by history length before
+        batching, so rows are padded to similar lengths (1 = plain shuffled batches). Every
+        sample is still seen once per epoch; only which samples share a batch changes.
     """
 
     epochs: int = 200
@@ -37,11 +40,13 @@ class Stage2Config:
     soft_inputs: bool = True
     targets_per_user: Optional[int] = None
     grad_clip: Optional[float] = 1.0
+    length_buckets: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.epochs, self.patience, self.batch_size, self.eval_every, self.num_beams, self.lora_rank) < 1:
-            raise ValueError(f"Stage2Config: epochs, patience, batch_size, eval_every, num_beams and lora_rank "
+        if min(self.epochs, self.patience, self.batch_size, self.eval_every, self.num_beams, self.lora_rank,
+               self.length_buckets) < 1:
+            raise ValueError(f"Stage2Config: epochs, patience, batch_size, eval_every, num_beams, lora_rank and length_buckets "
                              f"must be >= 1, got {self}")
         if self.num_beams < 10:
             raise ValueError(f"num_beams={self.num_beams}: validation Recall@10 needs a beam of at least 10")

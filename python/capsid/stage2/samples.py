@@ -26,3 +26,25 @@ def sample_batch(train: Sequence[np.ndarray], samples: np.ndarray, max_history: 
     hist = [train[u][max(0, t - max_history): t] for u, t in samples]
     target = np.array([train[u][t] for u, t in samples], dtype=np.int64)
     return hist, target
+
+
+def bucketed_batches(order: np.ndarray, batch_size: int, max_history: int, bucket: int,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    """Split shuffled samples into batches of similar history length.
+
+    Batches are padded to their longest row, so a random batch pays for one 50-item history
+    in every row. Each run of `bucket` consecutive batches of the shuffled order is sorted
+    by history length, cut into batches, and the batch order is then shuffled with `rng`:
+    the epoch still sees every sample exactly once, in batches of `batch_size` (the last
+    one of each run may be shorter). bucket <= 1 keeps the plain shuffled order.
+    """
+    if bucket <= 1:
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    hist_len = np.minimum(order[:, 1], max_history) if max_history else np.zeros(len(order), np.int64)
+    out = []
+    span = bucket * batch_size
+    for lo in range(0, len(order), span):
+        run = order[lo: lo + span]
+        run = run[np.argsort(hist_len[lo: lo + span], kind="stable")]
+        out += [run[i: i + batch_size] for i in range(0, len(run), batch_size)]
+    return [out[i] for i in rng.permutation(len(out))]

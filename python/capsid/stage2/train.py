@@ -28,7 +28,7 @@ from ..eval import Recommender, autocast, build_item_trie, ranking_metrics
 from ..generator import IGNORE, Generator, ItemInputs, ItemTokenization, RoutingAdapter, embed_batch, make_batch
 from ..stage1.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint, write_atomic
 from .config import Stage2Config
-from .samples import sample_batch, training_samples
+from .samples import bucketed_batches, sample_batch, training_samples
 
 CHECKPOINT, LOG = "stage2.safetensors", "stage2_log.jsonl"
 
@@ -90,6 +90,7 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
     trie = build_item_trie(items, popularity, device)
     rec = Recommender(model, inputs, items, trie, cfg.max_history)
 
+    path_matrix = items.path_matrix()
     samples = training_samples(split.train, cfg.targets_per_user)
     if len(samples) == 0:
         raise ValueError("Stage 2: the training split has no (history, next item) pair; every user needs >= 2 "
@@ -97,7 +98,8 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
     n_users = split.valid.target.shape[0]
     pick = np.random.default_rng(cfg.seed).permutation(n_users)
     val_users = np.sort(pick[: cfg.val_users] if cfg.val_users else pick)
-    steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
+    steps_per_epoch = len(bucketed_batches(samples, cfg.batch_size, cfg.max_history, cfg.length_buckets,
+                                           np.random.default_rng(0)))
     total = cfg.epochs * steps_per_epoch
 
     history: list[dict] = []
@@ -124,15 +126,16 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         order = samples[torch.randperm(len(samples), generator=torch.Generator().manual_seed(
             cfg.seed * 7_919 + epoch)).numpy()]
+        batches = bucketed_batches(order, cfg.batch_size, cfg.max_history, cfg.length_buckets,
+                                   np.random.default_rng(cfg.seed * 7_919 + epoch))
         model.train()
         loss_sum, tok_sum = 0.0, 0
-        for step in range(steps_per_epoch):
+        for step, chosen in enumerate(batches):
             lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total))
             for group in opt.param_groups:
                 group["lr"] = lr
-            hist, target = sample_batch(split.train, order[step * cfg.batch_size:(step + 1) * cfg.batch_size],
-                                        cfg.max_history)
-            b = make_batch(items.paths, hist, target, cfg.max_history).to(device)
+            hist, target = sample_batch(split.train, chosen, cfg.max_history)
+            b = make_batch(path_matrix, hist, target, cfg.max_history).to(device)
             with autocast(device):
                 logits = model(embed_batch(model, inputs, b), b.positions, b.sid_pos, b.key_valid)
             lab = b.labels[:, b.prefix_len - 1:]
