@@ -47,6 +47,19 @@ PRESETS = {
         "gaoq": {},  # b = 32 x 3 (GAOQConfig): 32^3 leaves >> 1000 items, no dedup token
         "rqvae": {"levels": 3, "codes": 48, "epochs": 100},
     },
+    # One GPU, one seed of Beauty in about 10 minutes: SPEC's model settings, a shorter
+    # training budget (Stage 1 <= 12 epochs, Stage 2 <= 30 epochs with patience 3 evaluations)
+    "gpu": {
+        "synthetic": {},
+        "tokenizer": {},
+        "stage1": {"epochs": 12, "patience": 3},
+        "bpe": {},
+        "generator": {},
+        "stage2": {"epochs": 30, "eval_every": 2, "patience": 3},
+        "rqkmeans": {"levels": 3, "codes": 256},
+        "gaoq": {},
+        "rqvae": {"levels": 3, "codes": 256},
+    },
     "paper": {
         "synthetic": {},
         "tokenizer": {},

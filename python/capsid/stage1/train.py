@@ -41,6 +41,7 @@ from ..bpe.pairs import Candidates
 from ..tokenizer import losses, schedules
 from ..tokenizer.forward import forward_all_depths
 from ..tokenizer.hamr import HaMRConfig, hamr_from_config, routing_embedding, sids_from_tokens
+from .init import InitConfig, data_init
 from .checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint, write_atomic
 
 
@@ -51,7 +52,10 @@ class Stage1Config:
     lambda_b = 1.0, 0.1, 0.05, 0.2; spread margin m 0.2 -> 0.9. `val_fraction` of the items
     (at least one) are held out of the gradient steps and only measure reconstruction.
     `hamr`: None, or the HaMR repulsion (capsid.tokenizer.hamr, `--hamr`) added as
-    hamr.weight * L_HaMR on the routing weights of the depths each item reaches."""
+    hamr.weight * L_HaMR on the routing weights of the depths each item reaches.
+    `init`: the data-dependent capsule warm-up of capsid.stage1.init (k-means centres, a
+    per-depth routing sharpness), run on the training items before the first epoch; None
+    keeps the module's random initialisation (which stays in the uniform-routing regime)."""
 
     epochs: int = 100
     patience: int = 10
@@ -69,6 +73,7 @@ class Stage1Config:
     seed: int = 0
     bpe: SemanticBPEConfig = field(default_factory=SemanticBPEConfig)
     hamr: Optional[HaMRConfig] = None
+    init: Optional[InitConfig] = field(default_factory=InitConfig)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
@@ -81,8 +86,9 @@ class Stage1Config:
         """JSON-able settings; `hamr` only when set, so a run without HaMR stores the same
         config as before the field existed and still resumes from those checkpoints."""
         d = dataclasses.asdict(self)
-        if d["hamr"] is None:
-            del d["hamr"]
+        for optional in ("hamr", "init"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
 
@@ -95,6 +101,7 @@ class Stage1Result:
     merges: MergeTable
     candidates: Candidates
     seconds: float
+    init: Optional[dict] = None
 
 
 def split_items(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -185,9 +192,12 @@ def train_stage1(
 
     history: list[dict] = []
     best_val, best_epoch, bad_epochs, first_epoch = float("inf"), -1, 0, 0
-    best_state = _state(tokenizer, gate, "best.")
     ckpt = Path(out_dir) / "stage1.safetensors" if out_dir is not None else None
     log_path = Path(out_dir) / "stage1_log.jsonl" if out_dir is not None else None
+    init_summary = None
+    if cfg.init is not None and not (ckpt is not None and resume and ckpt.is_file()):
+        init_summary = data_init(tokenizer, x[train_idx].to(torch.float32), cfg.init, seed=cfg.seed)
+    best_state = _state(tokenizer, gate, "best.")
     if ckpt is not None and resume and ckpt.is_file():
         x = x.to(torch.float32)
         tensors, meta = load_checkpoint(ckpt)
@@ -199,6 +209,7 @@ def train_stage1(
         best_state = {k: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
         restore_optimizer(opt, tensors, meta["optimizer"])
         history, best_val, best_epoch = meta["history"], meta["best_val"], meta["best_epoch"]
+        init_summary = meta.get("init")
         bad_epochs, first_epoch = meta["bad_epochs"], meta["epoch"] + 1
 
     x = x.to(torch.float32)
@@ -282,7 +293,7 @@ def train_stage1(
             opt_tensors, opt_meta = flatten_optimizer(opt)
             meta = {"config": cfg.to_dict(), "n_items": n, "vectors": x_digest, "epoch": epoch, "history": history,
                     "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                    "optimizer": opt_meta, "tokenizer_config": c.to_dict()}
+                    "optimizer": opt_meta, "tokenizer_config": c.to_dict(), "init": init_summary}
             save_checkpoint(ckpt, {**_state(tokenizer, gate, ""), **best_state, **opt_tensors}, meta)
             write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in history).encode())
         if on_epoch_end is not None:
@@ -296,7 +307,8 @@ def train_stage1(
     final = bpe_candidates(tokenizer, full.sids, item_weights, cfg.bpe, 1.0)
     emb = token_embeddings([m.centres() for m in tokenizer.layers])
     merges = build_merge_table(final, gate, emb, base_vocab_size(c.capsules_per_depth), cfg.bpe.max_merges)
-    return Stage1Result(history, best_epoch, best_val, stopped, merges, final, time.perf_counter() - start_time)
+    return Stage1Result(history, best_epoch, best_val, stopped, merges, final, time.perf_counter() - start_time,
+                        init_summary)
 
 
 def _select(out: ck.StackOutput, idx: Tensor) -> ck.StackOutput:
