@@ -206,7 +206,10 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
     diag = tokenizer.diagnostics(tokenize_items(tokenizer, xt))
     info.update(stage1_best_epoch=res.best_epoch, stage1_val_route=res.best_val_route, merges=len(items.merges),
                 mean_length=diag["mean_length"], collision_rate=diag["collision_rate"],
-                stage1_seconds=res.seconds)
+                stop_fractions=diag["stop_fractions"], code_utilisation=diag["code_utilisation"],
+                stage1_seconds=res.seconds, stage1_init=res.init,
+                stage1_log=[{k: h[k] for k in ("epoch", "val_route", "mean_length", "collision_rate", "stop_fractions")}
+                            for h in res.history])
     return items, info
 
 

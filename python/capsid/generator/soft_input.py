@@ -60,8 +60,10 @@ class RoutingAdapter(nn.Module):
             if rows.numel() == 0:
                 break
             W, b, D = (getattr(self, f"{n}{depth}") for n in "WbD")
-            W_eff = W + (self.U[depth] @ self.V[depth].t()).view_as(W)
-            o = ck.route(r, W_eff, b, D, rounds=self.rounds, mode=self.mode, eta=self.eta, need_weights=True)
+            # routing runs in float32 even inside the generator's autocast region (SPEC §2)
+            with torch.autocast(r.device.type, enabled=False):
+                W_eff = W + (self.U[depth].float() @ self.V[depth].float().t()).view_as(W)
+                o = ck.route(r, W_eff, b, D, rounds=self.rounds, mode=self.mode, eta=self.eta, need_weights=True)
             out.append((rows, o.weights))
             r = o.residual
         return out

@@ -86,7 +86,7 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
     inputs = ItemInputs(items, adapter).to(device)
     model.to(device)
     params = list(model.parameters()) + (list(adapter.parameters()) if adapter is not None else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     trie = build_item_trie(items, popularity, device)
     rec = Recommender(model, inputs, items, trie, cfg.max_history)
 
