@@ -55,7 +55,7 @@ PRESETS = {
         "stage1": {"epochs": 12, "patience": 3},
         "bpe": {},
         "generator": {},
-        "stage2": {"epochs": 30, "eval_every": 2, "patience": 3},
+        "stage2": {"epochs": 30, "eval_every": 2, "patience": 3, "routing_precision": "tf32"},
         "rqkmeans": {"levels": 3, "codes": 256},
         "gaoq": {},
         "rqvae": {"levels": 3, "codes": 256},
@@ -72,6 +72,30 @@ PRESETS = {
         "rqvae": {"levels": 3, "codes": 256},
     },
 }
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """'stage2.epochs=5' -> ('stage2', 'epochs', 5); values are JSON (true, 1e-3, "x") or a bare string."""
+    key, sep, value = text.partition("=")
+    section, dot, field = key.partition(".")
+    if not sep or not dot or section not in PRESETS["cpu"] or section == "threads" or not field:
+        raise argparse.ArgumentTypeError(
+            f"--set {text!r}: expected SECTION.FIELD=VALUE with SECTION one of "
+            f"{', '.join(k for k in PRESETS['cpu'] if k != 'threads')}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return section, field, parsed
+
+
+def preset_settings(args) -> dict:
+    """The preset's settings with every --set override applied (unknown fields fail in the
+    config class that receives them, naming the field)."""
+    preset = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[args.preset].items()}
+    for section, field, value in getattr(args, "set", None) or ():
+        preset[section][field] = value
+    return preset
 
 
 def _device(name: str):
@@ -173,7 +197,7 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
 
     from .generator import from_capsid, merge_gate_logits
 
-    preset = PRESETS[args.preset]
+    preset = preset_settings(args)
     info: dict = {}
     if variant in BASELINES:
         return fit_baseline(variant, x, preset, seed)
@@ -220,7 +244,7 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
     from .generator import Generator, GeneratorConfig
     from .stage2 import Stage2Config, train_stage2
 
-    preset = PRESETS[args.preset]
+    preset = preset_settings(args)
     run_dir = Path(args.out) / data.name / variant / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -299,6 +323,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--vectors", help="item vectors .npy [n_items, d] (else built by capsid.vectors)")
     p.add_argument("--vector-sources", default="content,collab,attr")
     p.add_argument("--stage2-epochs", type=int, default=None)
+    p.add_argument("--set", action="append", type=parse_override, metavar="SECTION.FIELD=VALUE",
+                   help="override one preset setting, e.g. --set stage2.patience=5 --set tokenizer.capsules=128 "
+                        "(repeatable)")
     p.add_argument("--beams", type=int, default=50)
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     p.add_argument("--device", default="auto")

@@ -25,8 +25,9 @@ class RoutingAdapter(nn.Module):
     """LoRA factors per depth and the scalar gate bias beta; the stack itself stays frozen
     (buffers, never parameters, so no optimizer can touch them)."""
 
-    def __init__(self, items: ItemTokenization, rank: int = 8, seed: int = 0) -> None:
+    def __init__(self, items: ItemTokenization, rank: int = 8, seed: int = 0, precision: str = "exact") -> None:
         super().__init__()
+        self.precision = precision  # "tf32" lets the routing's float32 matmuls use tf32 on the GPU
         src = items.routing
         if src is None:
             raise ValueError(f"{items.name}: no RoutingSource, so there is nothing to adapt")
@@ -63,7 +64,8 @@ class RoutingAdapter(nn.Module):
             # routing runs in float32 even inside the generator's autocast region (SPEC §2)
             with torch.autocast(r.device.type, enabled=False):
                 W_eff = W + (self.U[depth].float() @ self.V[depth].float().t()).view_as(W)
-                o = ck.route(r, W_eff, b, D, rounds=self.rounds, mode=self.mode, eta=self.eta, need_weights=True)
+                o = ck.route(r, W_eff, b, D, rounds=self.rounds, mode=self.mode, eta=self.eta, need_weights=True,
+                             precision=self.precision)
             out.append((rows, o.weights))
             r = o.residual
         return out

@@ -21,6 +21,9 @@ class Stage2Config:
     targets_per_user: training samples per user are every prefix -> next item of the training
         part; keep only the last this-many per user (None = all).
     grad_clip: global gradient-norm clip (None = off).
+    routing_precision: "exact" or "tf32": matmul precision of the soft inputs' routing
+        (forward and backward) on the GPU; tf32 is several times faster and Stage 2 only
+        needs its gradient for the rank-8 adapters.
     length_buckets: sort each run of this many shuffled batches by history length before
         batching, so rows are padded to similar lengths (1 = plain shuffled batches). Every
         sample is still seen once per epoch; only which samples share a batch changes.
@@ -41,6 +44,7 @@ class Stage2Config:
     targets_per_user: Optional[int] = None
     grad_clip: Optional[float] = 1.0
     length_buckets: int = 32
+    routing_precision: str = "exact"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -48,6 +52,8 @@ class Stage2Config:
                self.length_buckets) < 1:
             raise ValueError(f"Stage2Config: epochs, patience, batch_size, eval_every, num_beams, lora_rank and length_buckets "
                              f"must be >= 1, got {self}")
+        if self.routing_precision not in ("exact", "tf32"):
+            raise ValueError(f"routing_precision: expected 'exact' or 'tf32', got {self.routing_precision!r}")
         if self.num_beams < 10:
             raise ValueError(f"num_beams={self.num_beams}: validation Recall@10 needs a beam of at least 10")
 

@@ -82,7 +82,8 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
 
     start = time.perf_counter()
     device = torch.device(device) if device is not None else torch.device("cpu")
-    adapter = RoutingAdapter(items, cfg.lora_rank, seed=cfg.seed) if (cfg.soft_inputs and items.routing) else None
+    adapter = RoutingAdapter(items, cfg.lora_rank, seed=cfg.seed,
+                                                  precision=cfg.routing_precision) if (cfg.soft_inputs and items.routing) else None
     inputs = ItemInputs(items, adapter).to(device)
     model.to(device)
     params = list(model.parameters()) + (list(adapter.parameters()) if adapter is not None else [])
