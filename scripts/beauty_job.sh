@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: several Beauty pipeline runs side by side on one GPU (the models are small).
-# Usage: bash scripts/beauty_job.sh "<variant> <seed>" ...   e.g. "capsid 0" "rqkmeans 0"
+# Usage: bash scripts/beauty_job.sh "<variant> <seed> [pipeline flags]" ...
+#   e.g. "capsid 0" "rqkmeans 0" "capsid 0 --set tokenizer.tau=0.95"  (a run with flags is filed as <variant>-<n>)
 # Env: PRESET (gpu), JOB_TIMEOUT (540 s per run), EXTRA (more `capsid pipeline` flags), DATA (.data/amazon-beauty),
 # VECTORS (.data/beauty_vectors.npy). Logs and results under $OUT.
 set -uo pipefail
@@ -12,20 +13,27 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 date -u | tee "$OUT/date.txt"
 pids=()
+n=0
 for job in "$@"; do
   set -- $job
-  v=$1; s=$2
+  v=$1; s=$2; shift 2
+  n=$((n + 1)); tag=$v; [ $# -gt 0 ] && tag="$v-$n"
+  out="$OUT/runs"; [ $# -gt 0 ] && out="$OUT/runs-$n"
   timeout "${JOB_TIMEOUT:-540}" $PY -m capsid.cli pipeline --data "${DATA:-.data/amazon-beauty}" --vectors "${VECTORS:-.data/beauty_vectors.npy}" \
-    --tokenizer "$v" --seeds "$s" --preset "${PRESET:-gpu}" --device cuda --out "$OUT/runs" ${EXTRA:-} \
-    > "$OUT/$v-seed$s.log" 2>&1 &
+    --tokenizer "$v" --seeds "$s" --preset "${PRESET:-gpu}" --device cuda --out "$out" ${EXTRA:-} "$@" \
+    > "$OUT/$tag-seed$s.log" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; echo "pid $p rc=$?"; done
 for f in "$OUT"/*-seed*.log; do echo "== $f"; tail -c 400 "$f"; echo; done
 # flat copies of the small per-run files (the run folders also hold checkpoints)
-for d in "$OUT"/runs/*/*/seed*; do
+for d in "$OUT"/runs*/*/*/seed*; do
   [ -d "$d" ] || continue
-  tag="$(basename "$(dirname "$d")")-$(basename "$d")"
+  run=$(basename "$(dirname "$(dirname "$(dirname "$d")")")"); run=${run#runs}
+  tag="$(basename "$(dirname "$d")")$run-$(basename "$d")"
   for f in results.json stage1_log.jsonl stage2_log.jsonl; do [ -f "$d/$f" ] && cp "$d/$f" "$OUT/$tag.$f"; done
 done
-rm -rf "$OUT/runs"
+rm -rf "$OUT"/runs*
+# one archive, since a device call returns a limited number of files
+tar czf "$OUT/beauty_job.tgz" -C "$OUT" $(cd "$OUT" && ls | grep -v beauty_job.tgz) \
+  && find "$OUT" -maxdepth 1 -type f ! -name beauty_job.tgz -delete && echo "archive: beauty_job.tgz"
