@@ -15,7 +15,8 @@ from .reference import RouteOutput, StackOutput, codebook_centres, stack_diagnos
 class CapsuleLayer(nn.Module):
     """One depth of routing: vote transforms W [K, d_c, d], biases b [K, d_c], decoder D [d, d_c].
 
-    ``check_finite`` rejects NaN/Inf residuals before routing (one device synchronisation).
+    ``check_finite`` rejects NaN/Inf residuals and parameters before routing (one device
+    synchronisation for all four tensors).
     Initialised so a unit residual gives votes of norm about 1 (W ~ N(0, 1/d_c)), capsule
     centres in distinct directions (b ~ N(0, 1/d_c)) and a norm-preserving decoder
     (orthonormal columns, the identity when d_c = d).
@@ -47,17 +48,12 @@ class CapsuleLayer(nn.Module):
 
     def forward(self, r: Tensor, *, last: bool = False, need_weights: bool = False,
                 need_onorm: bool = False) -> RouteOutput:
-        """One routing layer; ``check_finite`` (on by default, one synchronisation) rejects NaN/Inf in r."""
-        if self.check_finite and isinstance(r, Tensor) and r.is_floating_point() and r.numel():
-            bad = ~torch.isfinite(r)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0]) if r.dim() == 2 else 0
-                raise ValueError(f"r: row {i} has a non-finite value (NaN or Inf); "
-                                 "pass check_finite=False to skip this check")
+        """One routing layer; ``check_finite`` (on by default, one synchronisation) rejects NaN/Inf
+        in r and in the parameters W, b, D, naming the argument and its first bad row."""
         return route(
             r, self.W, self.b, self.D, rounds=self.rounds, mode=self.mode, eta=self.eta, tau=self.tau,
             eps=self.eps, last=last, need_weights=need_weights, need_onorm=need_onorm,
-            precision=self.precision, backend=self.backend,
+            precision=self.precision, backend=self.backend, check_finite=self.check_finite,
         )
 
     def centres(self) -> Tensor:

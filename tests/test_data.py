@@ -264,7 +264,7 @@ def test_metadata_join_and_text(tmp_path):
 def test_metadata_unknown_ids_name_file_and_id(tmp_path):
     _toy_metadata(tmp_path)
     attrs = _write(tmp_path, "Toy_item2attributes.json", json.dumps({"1": [1], "9": [2]}))
-    with pytest.raises(DataError, match=rf"{attrs}: unknown item id '9' \(items are 1..3\)"):
+    with pytest.raises(DataError, match=rf"{attrs}:1: unknown item id '9' \(items are 1..3\)"):
         load_amazon(tmp_path, name="Toy")
 
     _toy_metadata(tmp_path)

@@ -2,7 +2,9 @@
 
 Backends: ``eager`` (the torch CSR method of beam_step_torch, as the custom op
 ``capsid::beam_step_eager``) and ``cuda`` (``capsid_C::beam_step``, csrc/beam_step.cu).
-Neither synchronises with the host. Contract: see beam_step_torch.
+Neither kernel synchronises with the host; the value checks of ``check_values=True`` (the
+default) read one flag vector per step, so turn them off for CUDA graphs. Contract: see
+beam_step_torch.
 """
 
 from __future__ import annotations
@@ -47,14 +49,20 @@ def step_fake(logits: Tensor):
             new(rows, dtype=torch.float32), new(rows, dtype=torch.bool))
 
 
-def check_step_args(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, trie: Trie, num_beams: int) -> None:
+def check_step_args(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, trie: Trie, num_beams: int,
+                    check_values: bool = False) -> None:
+    """Shapes, dtypes and devices (metadata only, no synchronisation); with ``check_values``
+    also the values (one synchronisation): see :func:`check_step_values`."""
+    for name, t in (("logits", logits), ("node", node), ("score", score), ("finished", finished)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if logits.dim() != 2:
         raise ValueError(f"logits: expected [Q*B, V], got shape {tuple(logits.shape)}")
     rows, vocab = logits.shape
-    if num_beams < 1 or rows % num_beams:
-        raise ValueError(f"num_beams: {num_beams} must be >= 1 and divide the {rows} logit rows")
+    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1 or rows % num_beams:
+        raise ValueError(f"num_beams: expected an integer >= 1 that divides the {rows} logit rows, got {num_beams!r}")
     if vocab != trie.vocab_size:
-        raise ValueError(f"logits: V = {vocab} but the trie was built for vocab_size = {trie.vocab_size}")
+        raise ValueError(f"logits: expected V = trie.vocab_size = {trie.vocab_size} columns, got V = {vocab}")
     if not logits.dtype.is_floating_point:
         raise TypeError(f"logits: expected a float dtype, got {logits.dtype}")
     for name, t, dtype in (("node", node, torch.int32), ("score", score, torch.float32),
@@ -62,15 +70,59 @@ def check_step_args(logits: Tensor, node: Tensor, score: Tensor, finished: Tenso
         if t.shape != (rows,) or t.dtype != dtype:
             raise ValueError(f"{name}: expected {dtype} of shape ({rows},), got {t.dtype} {tuple(t.shape)}")
         if t.device != logits.device:
-            raise ValueError(f"{name}: on {t.device}, logits on {logits.device}; put beams and logits together")
+            raise ValueError(f"{name}: expected the device of logits ({logits.device}), got {t.device}; "
+                             "put beams and logits together")
     if trie.device != logits.device:
-        raise ValueError(f"trie: on {trie.device}, logits on {logits.device}; use trie.to(logits.device)")
+        raise ValueError(f"trie: expected the device of logits ({logits.device}), got {trie.device}; "
+                         "use trie.to(logits.device)")
+    if check_values:
+        check_step_values(logits, node, score, trie)
+
+
+def check_step_values(logits: Tensor, node: Tensor, score: Tensor, trie: Trie) -> None:
+    """Value checks of one step, read with one host synchronisation.
+
+    * ``node`` in ``[-1, trie.num_nodes)`` (-1 = empty beam): a node of another trie would
+      index the CSR arrays out of bounds.
+    * ``logits`` without NaN or +inf (-inf is allowed: it masks a token). A NaN poisons the
+      row's log-softmax, and the order of NaN in a top-k is unspecified per backend.
+    * ``score`` of present beams (node >= 0) not NaN and not +inf.
+    """
+    present = node >= 0
+    flags = torch.stack([
+        ((node < -1) | (node >= trie.num_nodes)).any(),
+        torch.isnan(logits).any(),
+        torch.isposinf(logits).any(),
+        (present & (torch.isnan(score) | torch.isposinf(score))).any(),
+    ]).tolist()
+    if flags[0]:
+        bad = ((node < -1) | (node >= trie.num_nodes)).nonzero()[0, 0]
+        raise ValueError(f"node: expected trie node ids in [-1, trie.num_nodes = {trie.num_nodes}) (-1 = empty "
+                         f"beam), got {int(node[bad])} at row {int(bad)}; were the beams made with another trie?")
+    if flags[1] or flags[2]:
+        rows = (torch.isnan(logits) | torch.isposinf(logits)).any(dim=1)
+        what = "NaN" if flags[1] else "+inf"
+        raise ValueError(f"logits: expected finite values or -inf, got {what} in row {int(rows.nonzero()[0, 0])} "
+                         f"({int(rows.sum())} such rows); check the generator's output, or pass "
+                         "check_values=False to skip this check (a NaN row then has no selectable candidate "
+                         "on the eager backend; on cuda the outcome is unspecified)")
+    if flags[3]:
+        bad = (present & (torch.isnan(score) | torch.isposinf(score))).nonzero()[0, 0]
+        raise ValueError(f"score: expected a finite or -inf score for every present beam, got {float(score[bad])} "
+                         f"at row {int(bad)}")
 
 
 def beam_step(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, trie: Trie, num_beams: int, *,
-              backend: str = "auto") -> StepOutput:
-    """Advance Q queries of ``num_beams`` beams by one token inside ``trie`` (SPEC §7)."""
-    check_step_args(logits, node, score, finished, trie, num_beams)
+              backend: str = "auto", check_values: bool = True) -> StepOutput:
+    """Advance Q queries of ``num_beams`` beams by one token inside ``trie`` (SPEC §7).
+
+    ``check_values`` (default on) checks node ids, NaN/+inf logits and scores, which costs one
+    host synchronisation; pass ``check_values=False`` in the hot path or under CUDA-graph
+    capture. Unchecked, a NaN in a logit row makes that beam's candidates unselectable on the
+    eager backend (its log-softmax is NaN) and is unspecified on cuda; a node id outside the
+    trie reads out of bounds.
+    """
+    check_step_args(logits, node, score, finished, trie, num_beams, check_values)
     name = select("beam_step", backend, logits.device.type, logits.dtype)
     if name == "cuda" and num_beams > MAX_CUDA_BEAMS:
         if backend == "cuda":

@@ -80,13 +80,38 @@ class TrieLogitsProcessor:
     """``LogitsProcessor``-style callable: ``(input_ids [R, t], scores [R, V]) -> scores``.
 
     ``prefix_len`` tokens at the start of each row (the decoder start token) are skipped.
+    ``scores`` may have more columns than ``trie.vocab_size`` (models pad their vocabulary);
+    the extra tokens are never allowed. Fewer columns, a prefix longer than the rows, or
+    ``input_ids`` and ``scores`` with different row counts raise naming the argument.
     """
 
     def __init__(self, trie: Trie, prefix_len: int = 1):
+        if not isinstance(trie, Trie):
+            raise TypeError(f"trie: expected a capsid_kernels Trie, got {type(trie).__name__}")
+        if not isinstance(prefix_len, int) or isinstance(prefix_len, bool) or prefix_len < 0:
+            raise ValueError(f"prefix_len: expected an integer >= 0, got {prefix_len!r}")
         self.trie = trie
         self.prefix_len = prefix_len
 
+    def check_args(self, input_ids: Tensor, scores: Tensor) -> None:
+        """Shapes and dtypes only (no synchronisation)."""
+        if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids: expected an integer tensor [R, t], got {input_ids.dtype} "
+                             f"{tuple(input_ids.shape)}")
+        if scores.dim() != 2 or not scores.dtype.is_floating_point:
+            raise ValueError(f"scores: expected a float tensor [R, V], got {scores.dtype} {tuple(scores.shape)}")
+        if scores.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"scores: expected {input_ids.shape[0]} rows (one per row of input_ids), "
+                             f"got {scores.shape[0]}")
+        if scores.shape[1] < self.trie.vocab_size:
+            raise ValueError(f"scores: expected V >= trie.vocab_size = {self.trie.vocab_size} columns, got "
+                             f"{scores.shape[1]}; build the trie with the model's vocabulary size")
+        if input_ids.shape[1] < self.prefix_len:
+            raise ValueError(f"prefix_len: expected at most the {input_ids.shape[1]} tokens of input_ids, got "
+                             f"{self.prefix_len}")
+
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        self.check_args(input_ids, scores)
         trie = self.trie if self.trie.device == scores.device else self.trie.to(scores.device)
         self.trie = trie
         node, finished, valid = trie_nodes(trie, input_ids[:, self.prefix_len:])

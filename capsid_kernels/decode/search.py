@@ -1,9 +1,10 @@
 """``beam_search``: the trie-constrained decoding loop around a generator's step function.
 
 The loop runs ``trie.max_len + 1`` steps (the longest SID plus its EOS), which is when every
-beam has finished or is empty; nothing in it reads GPU values on the host unless
-``early_exit=True`` (one sync per step) or ``live_only=True`` (compaction needs the count),
-so with a capturable ``step_fn`` the loop can be recorded as a CUDA graph.
+beam has finished or is empty. It reads GPU values on the host only for the value checks
+(``check_values=True``, the default: one sync per step), ``early_exit=True`` (one sync per
+step) or ``live_only=True`` (compaction needs the count); with ``check_values=False`` and a
+capturable ``step_fn`` the loop can be recorded as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def initial_beams(num_queries: int, num_beams: int, device) -> Beams:
 
 def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *, top_k: Optional[int] = None,
                 reorder_cache: Optional[Callable[[Tensor], None]] = None, backend: str = "auto",
-                live_only: bool = False, early_exit: bool = False, device=None) -> SearchResult:
+                live_only: bool = False, early_exit: bool = False, device=None,
+                check_values: bool = True) -> SearchResult:
     """Decode ``num_queries`` queries with ``num_beams`` beams constrained to ``trie``.
 
     ``step_fn(beams) -> logits [R, V]`` (or [len(beams.rows), V] with ``live_only``) runs the
@@ -67,7 +69,13 @@ def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *
     ``reorder_cache(parent)`` lets the generator reorder its KV cache by the global parent rows.
     Returns the top-K items per query: finished beams in score order, each leaf expanded to its
     items (most popular first); K defaults to ``num_beams``.
+
+    ``check_values`` (default on) checks each step's logits for NaN/+inf and the beams' node
+    ids (one host synchronisation per step, see ``beam_step``); pass ``False`` in the hot path
+    or to capture a CUDA graph. ``num_beams``, ``num_queries``, ``top_k`` and ``device`` are
+    checked up front without synchronising.
     """
+    check_search_args(trie, num_beams, num_queries, top_k, device)
     device = torch.device(device) if device is not None else trie.device
     beams = initial_beams(num_queries, num_beams, device)
     rows = num_queries * num_beams
@@ -76,10 +84,15 @@ def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *
         if live_only:
             beams.rows = beams.live.nonzero().squeeze(1)
             part = step_fn(beams)
+            if not isinstance(part, Tensor) or part.dim() != 2 or part.shape[0] != beams.rows.numel():
+                got = tuple(part.shape) if isinstance(part, Tensor) else type(part).__name__
+                raise ValueError(f"step_fn: with live_only=True expected logits [len(beams.rows) = "
+                                 f"{beams.rows.numel()}, V] at step {step}, got {got}")
             logits = part.new_zeros(rows, part.shape[1]).index_copy_(0, beams.rows, part)
         else:
             logits = step_fn(beams)
-        out = beam_step(logits, beams.node, beams.score, beams.finished, trie, num_beams, backend=backend)
+        out = beam_step(logits, beams.node, beams.score, beams.finished, trie, num_beams, backend=backend,
+                        check_values=check_values)
         if reorder_cache is not None:
             reorder_cache(out.parent)
         beams = Beams(step=step + 1, tokens=out.token, parent=out.parent, node=out.node, score=out.score,
@@ -87,6 +100,32 @@ def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *
         if early_exit and bool(beams.finished.all()):
             break
     return collect_items(trie, beams, num_queries, num_beams, top_k or num_beams)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 match when one index is left to the current device."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def check_search_args(trie: Trie, num_beams: int, num_queries: int, top_k: Optional[int], device) -> None:
+    """Up-front checks of ``beam_search``; errors name the argument, expected and actual value."""
+    if not isinstance(trie, Trie):
+        raise TypeError(f"trie: expected a capsid_kernels Trie, got {type(trie).__name__}")
+    if not _is_int(num_beams) or num_beams < 1:
+        raise ValueError(f"num_beams: expected an integer >= 1, got {num_beams!r}")
+    if not _is_int(num_queries) or num_queries < 1:
+        raise ValueError(f"num_queries: expected an integer >= 1, got {num_queries!r}")
+    # top_k may exceed num_beams * (largest leaf): the slots that can never be filled are -1 by
+    # contract (SearchResult), which callers evaluating at a fixed cutoff rely on.
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k: expected None or an integer >= 1, got {top_k!r}")
+    if device is not None and not _same_device(torch.device(device), trie.device):
+        raise ValueError(f"device: expected the trie's device ({trie.device}), got {torch.device(device)}; "
+                         f"use trie.to({str(device)!r})")
 
 
 def collect_items(trie: Trie, beams: Beams, num_queries: int, num_beams: int, top_k: int) -> SearchResult:

@@ -18,14 +18,17 @@ int32 for the upper levels only, 2 bits per node for the end flags, 4 for ``leaf
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from ._atomic import write_atomic
 
 PAD, BOS, EOS = 0, 1, 2
 FIRST_CODE = 3
@@ -117,36 +120,83 @@ class Trie:
 
     # ------------------------------------------------------------------ persistence
 
+    def fingerprint(self) -> str:
+        """sha256 hex of the index's content: vocab_size and every tensor as little-endian int64.
+
+        It hashes the SID table as the trie holds it (item paths, item ids and their order
+        within leaves), independent of device and of the int16/int32 storage choice, so a
+        generator checkpoint can store it and refuse a trie built from other SIDs or another
+        vocabulary (``Trie.load(path, expect_fingerprint=...)``).
+        """
+        h = hashlib.sha256()
+        h.update(json.dumps({"vocab_size": self.vocab_size, "max_len": self.max_len,
+                             "max_fanout": self.max_fanout}, sort_keys=True).encode())
+        for name in _TENSORS:
+            data = getattr(self, name).detach().cpu().to(torch.int64).numpy().astype("<i8").tobytes()
+            h.update(name.encode() + len(data).to_bytes(8, "little") + data)
+        return h.hexdigest()
+
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """One file of plain tensors and JSON metadata, written atomically (temp file + os.replace)."""
-        path = os.fspath(path)
-        payload = {"meta_json": json.dumps(self.meta()), **{k: v.cpu() for k, v in self.tensors().items()}}
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".trie-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """One file of plain tensors and JSON metadata (with the fingerprint), written atomically:
+        temp file, fsync, os.replace, fsync of the folder."""
+        meta = {**self.meta(), "fingerprint": self.fingerprint()}
+        payload = {"meta_json": json.dumps(meta), **{k: v.cpu() for k, v in self.tensors().items()}}
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        write_atomic(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], device=None) -> "Trie":
-        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        meta = json.loads(payload.pop("meta_json"))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise TrieError(f"{path}: trie format {meta.get('format_version')} is not {FORMAT_VERSION}; rebuild it")
+    def load(cls, path: Union[str, os.PathLike], device=None, *, expect_fingerprint: Optional[str] = None) -> "Trie":
+        """Load with ``weights_only=True`` (no code runs), then check format version, tensor
+        dtypes and shapes, the structure (``validate_trie``) and the stored fingerprint; with
+        ``expect_fingerprint`` also that it is the trie the caller was built against."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: trie file not found")
+        try:
+            payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - an untrusted file may fail inside zip, pickle or storage code
+            raise TrieError(f"{path}: not a readable trie file ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("meta_json"), str):
+            raise TrieError(f"{path}: expected a saved Trie (a dict with 'meta_json'), got {type(payload).__name__}")
+        try:
+            meta = json.loads(payload.pop("meta_json"))
+        except json.JSONDecodeError as exc:
+            raise TrieError(f"{path}: meta_json is not valid JSON ({exc.msg})") from None
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            got = meta.get("format_version") if isinstance(meta, dict) else meta
+            raise TrieError(f"{path}: trie format {got} is not {FORMAT_VERSION}; rebuild it")
         missing = [k for k in _TENSORS if k not in payload]
         if missing:
             raise TrieError(f"{path}: missing tensors {missing}; the file is not a saved Trie")
+        for name, dtypes in _DTYPES.items():
+            t = payload[name]
+            if not isinstance(t, Tensor) or t.dtype not in dtypes or t.dim() != 1:
+                got = f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                raise TrieError(f"{path}: tensor {name}: expected a 1-D tensor of {' or '.join(map(str, dtypes))}, "
+                                f"got {got}")
+        for key in ("vocab_size", "max_len", "max_fanout"):
+            if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool) or meta[key] < 0:
+                raise TrieError(f"{path}: meta {key}: expected an integer >= 0, got {meta.get(key)!r}")
         trie = cls(**{k: payload[k] for k in _TENSORS}, **_meta_fields(meta))
-        validate_trie(trie)
+        try:
+            validate_trie(trie)
+        except TrieError as exc:
+            raise TrieError(f"{path}: {exc}") from None
+        stored = meta.get("fingerprint")
+        if stored is not None or expect_fingerprint is not None:
+            actual = trie.fingerprint()
+            if stored is not None and stored != actual:
+                raise TrieError(f"{path}: content fingerprint {actual[:16]}... differs from the stored "
+                                f"{str(stored)[:16]}...; the file is corrupt or was edited")
+            if expect_fingerprint is not None and expect_fingerprint != actual:
+                raise TrieError(f"{path}: expected the trie with fingerprint {expect_fingerprint[:16]}..., got "
+                                f"{actual[:16]}...; this trie was built from other SIDs or another vocabulary")
         return trie if device is None else trie.to(device)
 
 
 _TENSORS = ("child_start", "token", "end_bits", "end_rank", "leaf_start", "items")
+_DTYPES = {"child_start": (torch.int32,), "token": (torch.int16, torch.int32), "end_bits": (torch.int32,),
+           "end_rank": (torch.int32,), "leaf_start": (torch.int32,), "items": (torch.int32, torch.int64)}
 
 
 def _meta_fields(meta: dict) -> dict:
@@ -312,15 +362,64 @@ def build_trie(paths: PathsLike, vocab_size: int, *, item_ids: Optional[Tensor] 
 
 
 def validate_trie(trie: Trie) -> None:
-    """Structural checks of a loaded trie (sizes and monotone offsets); raises TrieError."""
+    """Structural checks of a loaded (untrusted) trie; raises TrieError naming the field.
+
+    After these pass, every index the beam step, the HF adapter and ``collect_items`` compute
+    from in-trie node ids stays in bounds, and ``max_len`` / ``max_fanout`` are the true values
+    (a smaller ``max_fanout`` would drop children; a smaller ``max_len`` would stop early).
+    """
     nn_, ni = trie.num_nodes, trie.num_inner
-    if not 1 <= ni + 1 <= nn_ + 1 or trie.end_bits.numel() != (nn_ + 31) // 32 or trie.end_rank.numel() != trie.end_bits.numel():
+    if nn_ < 1 or not 1 <= ni + 1 <= nn_ + 1 or trie.end_bits.numel() != (nn_ + 31) // 32 \
+            or trie.end_rank.numel() != trie.end_bits.numel():
         raise TrieError("trie: inconsistent node counts between child_start, token and end_bits")
+    if not FIRST_CODE < trie.vocab_size < 2**31:
+        raise TrieError(f"trie: vocab_size: expected {FIRST_CODE} < vocab_size < 2**31, got {trie.vocab_size}")
     cs = trie.child_start.long()
     if int(cs[0]) != 1 or int(cs[-1]) > nn_ or bool((cs[1:] < cs[:-1]).any()):
         raise TrieError("trie: child_start is not a monotone CSR row array starting at 1")
     ls = trie.leaf_start.long()
     if int(ls[0]) != 0 or int(ls[-1]) != trie.num_items or bool((ls[1:] < ls[:-1]).any()):
         raise TrieError("trie: leaf_start does not cover the item list")
+    if trie.num_items and int(trie.items.min()) < 0:
+        raise TrieError(f"trie: items: expected ids >= 0, got {int(trie.items.min())}")
     if trie.num_nodes > 1 and (int(trie.token[1:].min()) < FIRST_CODE or int(trie.token.max()) >= trie.vocab_size):
         raise TrieError("trie: node tokens outside [3, vocab_size)")
+    # Every non-root node has exactly one parent: the child ranges tile [1, num_nodes), and a
+    # node's children come after it (no cycles: levels are numbered top-down) ...
+    if int(cs[-1]) != nn_:
+        raise TrieError(f"trie: child_start ends at {int(cs[-1])}, expected num_nodes = {nn_}")
+    if bool((cs[:-1] <= torch.arange(ni)).any()):
+        raise TrieError("trie: child_start: a node's children must come after the node")
+    # ... and siblings are sorted by token, strictly (the HF adapter binary-searches them).
+    if nn_ > 2:
+        node = torch.arange(1, nn_ - 1)
+        parent_here = torch.searchsorted(cs, node, right=True)
+        parent_next = torch.searchsorted(cs, node + 1, right=True)
+        tok = trie.token.long()
+        siblings = parent_here == parent_next
+        if bool((siblings & (tok[2:] <= tok[1:-1])).any()):
+            raise TrieError("trie: token: the children of a node are not sorted by token without repeats")
+    # End flags: popcount per word, the exclusive prefix in end_rank, one leaf per end node.
+    words = trie.end_bits.long() & 0xFFFFFFFF
+    per_word = _popcount32(words)
+    if nn_ % 32 and bool((words[-1] >> (nn_ % 32)) != 0):
+        raise TrieError("trie: end_bits has flags past the last node")
+    if not torch.equal(trie.end_rank.long(), torch.cumsum(per_word, 0) - per_word):
+        raise TrieError("trie: end_rank is not the running count of end_bits")
+    if int(per_word.sum()) != trie.num_leaves:
+        raise TrieError(f"trie: {int(per_word.sum())} end nodes but {trie.num_leaves} leaves in leaf_start")
+    if trie.num_leaves and bool(((ls[1:] - ls[:-1]) < 1).any()):
+        raise TrieError("trie: leaf_start has an empty leaf; every end node holds at least one item")
+    flags = ((words[:, None] >> torch.arange(32)) & 1).reshape(-1)[:nn_]
+    counts = torch.zeros(nn_, dtype=torch.int64)
+    counts[:ni] = cs[1:] - cs[:-1]
+    if bool(((counts + flags)[1:] < 1).any()):
+        raise TrieError("trie: a node has no children and ends no item (a dead end)")
+    fanout = int((counts + flags).max())
+    if fanout != trie.max_fanout:
+        raise TrieError(f"trie: max_fanout: stored {trie.max_fanout}, the children say {fanout}")
+    depth, lo, hi = 0, 0, 1
+    while hi <= ni and int(cs[hi]) > int(cs[lo]):
+        lo, hi, depth = int(cs[lo]), int(cs[hi]), depth + 1
+    if depth != trie.max_len:
+        raise TrieError(f"trie: max_len: stored {trie.max_len}, the levels say {depth}")

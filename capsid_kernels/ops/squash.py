@@ -34,12 +34,13 @@ def _backward(ctx, grad: Tensor) -> Tensor:
 squash_eager.register_autograd(_backward, setup_context=_setup)
 
 
-def squash(z: Tensor, *, backend: str = "auto") -> Tensor:
+def squash(z: Tensor, *, backend: str = "auto", check_finite: bool = False) -> Tensor:
     """``z * ||z|| / (0.5 + ||z||^2)`` over the last dimension, differentiable.
 
-    Computed in float32 (float64 for float64 input); returns z's dtype.
+    Computed in float32 (float64 for float64 input); returns z's dtype. ``check_finite=True``
+    rejects NaN/Inf in z (one device synchronisation; off by default in this hot path).
     """
-    check_squash_args(z)
+    check_squash_args(z, check_finite)
     name = select("squash", backend, z.device.type, z.dtype)
     if name == "cuda":
         _ext.load()

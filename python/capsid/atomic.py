@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from capsid_kernels.decode._atomic import write_atomic as _write_atomic
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
-    """Write bytes to `path` so that readers see the old or the new file, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write bytes to `path` so that readers see the old or the new file, whole (the kernel
+    package's writer, which the trie uses too: one protocol for every artefact)."""
+    _write_atomic(path, payload)
+
+
+def save_npy_atomic(path: Path, array) -> None:
+    """``np.save`` through :func:`write_atomic`: a killed run never leaves a truncated .npy."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    write_atomic(path, buf.getvalue())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, text.encode("utf-8"))

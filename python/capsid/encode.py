@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_diagnostics(diag))
     print(f"encoded in {seconds:.2f} s ({1e9 * seconds / max(1, x.shape[0]):.0f} ns per item)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"source": source, "config": config.to_dict(), "seconds": seconds, "diagnostics": diag}, f)
+        from .atomic import write_text_atomic
+        write_text_atomic(args.json, json.dumps({"source": source, "config": config.to_dict(), "seconds": seconds,
+                                                 "diagnostics": diag}))
     return 0

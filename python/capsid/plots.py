@@ -5,7 +5,10 @@ Needs matplotlib (the `bench` extra); callers treat ImportError as "no figure".
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from .atomic import write_atomic
 
 
 def plot_diagnostics(results: dict, path: Path) -> None:
@@ -35,5 +38,7 @@ def plot_diagnostics(results: dict, path: Path) -> None:
     ax_stop.set_title("stop reasons (fixed-length tokenizers have none)")
     ax_stop.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()  # written whole or not at all
+    fig.savefig(buf, dpi=110, format="png")
+    write_atomic(Path(path), buf.getvalue())
     plt.close(fig)

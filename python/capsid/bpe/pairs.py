@@ -33,6 +33,19 @@ class Candidates(NamedTuple):
     label: np.ndarray  # [P] bool, m >= m*
 
 
+def check_item_weights(weights, n: int, name: str = "item_weights") -> np.ndarray:
+    """Corpus weights per item [n]: finite and >= 0 (a NaN or negative weight would silently
+    corrupt every pair count it touches). Returns them as float64; errors name the item."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},), got {w.shape}")
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name}: expected finite weights >= 0, got {w[i]} for item {i} ({bad.size} such items)")
+    return w
+
+
 def count_pairs(ids: np.ndarray, weights: np.ndarray | None = None) -> PairCounts:
     """Weighted counts of adjacent pairs within each row of `ids` [N, L] (NO_TOKEN padded).
 
@@ -40,9 +53,7 @@ def count_pairs(ids: np.ndarray, weights: np.ndarray | None = None) -> PairCount
     """
     ids = np.asarray(ids, dtype=np.int64)
     n = ids.shape[0]
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (n,):
-        raise ValueError(f"weights: expected shape ({n},), got {w.shape}")
+    w = np.ones(n) if weights is None else check_item_weights(weights, n, "weights")
     if ids.shape[1] < 2 or n == 0:
         return PairCounts(np.zeros((0, 2), np.int64), np.zeros(0))
     a, b = ids[:, :-1], ids[:, 1:]

@@ -6,17 +6,22 @@ Files in `directory` (only `<name>.txt` is required; see shared/data/amazon-beau
 - `datamaps.json`: `id2item` maps item id -> ASIN, the key into the item table.
 - `Amazon_<name>.item`: RecBole TSV (csv quoting) with title, categories, price, brand.
 
-Every malformed input raises DataError naming the file, the line or id, and the fault: a
-silently skipped line would shift every later user and corrupt the split without a trace.
+Every malformed input raises DataError naming the file, the line, and the fault: a silently
+skipped line would shift every later user and corrupt the split without a trace. Files that
+are not valid UTF-8, hold NUL bytes or ids past int32 are malformed inputs too, never a crash.
+`skip_bad_lines=True` is the documented exception for the sequence file only: bad lines are
+skipped, counted in `SequenceDataset.skipped_lines` and reported in one warning.
 """
 
 from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,8 @@ import numpy as np
 from .dataset import DataError, SequenceDataset
 
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")  # one category in RecBole's token_seq field
+MAX_ID = 2**31 - 1
+"""Largest item, user or attribute id read: tries and kernels index items with int32."""
 
 
 def default_beauty_dir() -> Path | None:
@@ -40,11 +47,15 @@ def load_amazon(
     name: str = "Beauty",
     with_metadata: bool = True,
     min_items: int = 3,
+    skip_bad_lines: bool = False,
 ) -> SequenceDataset:
     """Load `<name>.txt` and, when present and `with_metadata`, item text and attributes.
 
     Ids become 0-based. n_items is the size of datamaps' `id2item` when it is read, else the
     largest item id in the sequences. `min_items` = 3 is the least leave-one-out can split.
+    `skip_bad_lines` (default off) skips malformed lines of `<name>.txt` instead of raising:
+    each is listed as (line, reason) in the result's `skipped_lines`, and one warning gives
+    the count. A repeated user keeps its first line. Metadata files still fail on any fault.
     """
     if directory is None:
         directory = default_beauty_dir()
@@ -62,7 +73,7 @@ def load_amazon(
     maps_path = root / "datamaps.json"
     if with_metadata and maps_path.is_file():
         id2item = _read_id2item(maps_path)
-    sequences = _read_sequences(seq_path, len(id2item) if id2item else None, min_items)
+    sequences, skipped = _read_sequences(seq_path, len(id2item) if id2item else None, min_items, skip_bad_lines)
     n_items = len(id2item) if id2item else int(max(s.max() for s in sequences)) + 1
 
     item_text = item_attributes = None
@@ -84,57 +95,84 @@ def load_amazon(
         item_text=item_text,
         item_attributes=item_attributes,
         name=name,
+        skipped_lines=skipped,
     )
 
 
-def _read_sequences(path: Path, n_items: int | None, min_items: int) -> list[np.ndarray]:
-    lines = path.read_text(encoding="utf-8").split("\n")
+def _read_sequences(path: Path, n_items: int | None, min_items: int,
+                    skip_bad_lines: bool = False) -> tuple[list[np.ndarray], list[tuple[int, str]]]:
+    lines = path.read_bytes().split(b"\n")
     while lines and not lines[-1].strip():  # blank lines may end the file, not split it
         lines.pop()
     flat: list[int] = []
     lengths: list[int] = []
     seen_users: dict[int, int] = {}
-    for lineno, line in enumerate(lines, start=1):
-        tokens = line.split()
-        if not tokens:
-            raise DataError(f"{path}:{lineno}: empty line")
-        bad = next((t for t in tokens if not (t.isascii() and t.isdigit())), None)
-        if bad is not None:
-            raise DataError(f"{path}:{lineno}: {bad!r} is not a non-negative integer id")
-        user = int(tokens[0])
-        if user in seen_users:
-            first = seen_users[user]
-            raise DataError(f"{path}:{lineno}: user {user} already appeared on line {first}")
+    skipped: list[tuple[int, str]] = []
+    for lineno, raw in enumerate(lines, start=1):
+        parsed = _parse_sequence_line(raw, n_items, min_items, seen_users, lineno)
+        if isinstance(parsed, str):
+            if not skip_bad_lines:
+                raise DataError(f"{path}:{lineno}: {parsed}")
+            skipped.append((lineno, parsed))
+            continue
+        user, items = parsed
         seen_users[user] = lineno
-        if len(tokens) - 1 < min_items:
-            raise DataError(
-                f"{path}:{lineno}: user {user} has {len(tokens) - 1} items, at least "
-                f"{min_items} needed (leave-one-out needs train, validation and test)"
-            )
-        items = [int(t) for t in tokens[1:]]
-        low, high = min(items), max(items)
-        if low < 1 or (n_items is not None and high > n_items):
-            wrong = low if low < 1 else high
-            limit = f"1..{n_items}" if n_items is not None else "1 or more"
-            raise DataError(
-                f"{path}:{lineno}: item id {wrong} out of range ({limit}; ids are 1-based)"
-            )
         flat.extend(items)
         lengths.append(len(items))
+    if skipped:
+        first = skipped[0]
+        warnings.warn(f"{path}: skipped {len(skipped)} bad lines (skip_bad_lines=True); first: line {first[0]}: "
+                      f"{first[1]}", RuntimeWarning, stacklevel=3)
     if not lengths:
-        raise DataError(f"{path}: no users")
+        raise DataError(f"{path}: no users" + (f" ({len(skipped)} bad lines skipped)" if skipped else ""))
     ids = np.array(flat, dtype=np.int64) - 1
-    return np.split(ids, np.cumsum(lengths)[:-1])
+    return np.split(ids, np.cumsum(lengths)[:-1]), skipped
+
+
+def _parse_sequence_line(raw: bytes, n_items: int | None, min_items: int, seen_users: dict[int, int],
+                         lineno: int) -> tuple[int, list[int]] | str:
+    """(user, 1-based items) of one line, or the reason it is malformed."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not valid UTF-8 (byte {e.start} of the line)"
+    tokens = line.split()
+    if not tokens:
+        return "empty line"
+    bad = next((t for t in tokens if not (t.isascii() and t.isdigit())), None)
+    if bad is not None:
+        return f"{bad!r} is not a non-negative integer id"
+    big = next((t for t in tokens if len(t) > 10 or int(t) > MAX_ID), None)
+    if big is not None:
+        return f"id {big} exceeds the largest supported id {MAX_ID} (2**31 - 1)"
+    user = int(tokens[0])
+    if user in seen_users:
+        return f"user {user} already appeared on line {seen_users[user]}"
+    if len(tokens) - 1 < min_items:
+        return (f"user {user} has {len(tokens) - 1} items, at least {min_items} needed (leave-one-out "
+                "needs train, validation and test)")
+    items = [int(t) for t in tokens[1:]]
+    low, high = min(items), max(items)
+    if low < 1 or (n_items is not None and high > n_items):
+        wrong = low if low < 1 else high
+        limit = f"1..{n_items}" if n_items is not None else "1 or more"
+        return f"item id {wrong} out of range ({limit}; ids are 1-based)"
+    return user, items
 
 
 def _read_id2item(path: Path) -> dict[int, str]:
-    raw = _read_json(path)
+    raw, text = _read_json(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("id2item"), dict):
-        raise DataError(f"{path}: expected a JSON object with an 'id2item' object")
+        raise DataError(f"{path}:1: expected a JSON object with an 'id2item' object")
     id2item: dict[int, str] = {}
     for key, asin in raw["id2item"].items():
-        if not (key.isascii() and key.isdigit()) or int(key) < 1:
-            raise DataError(f"{path}: id2item has item id {key!r}, expected a 1-based integer")
+        where = f"{path}:{_line_of_key(text, key)}"
+        if not (key.isascii() and key.isdigit()) or len(key) > 10 or not 1 <= int(key) <= MAX_ID:
+            raise DataError(f"{where}: id2item has item id {key!r}, expected a 1-based integer <= {MAX_ID}")
+        if not isinstance(asin, str):
+            raise DataError(f"{where}: id2item[{key!r}] is {asin!r}, expected an ASIN string")
+        if int(key) - 1 in id2item:
+            raise DataError(f"{where}: id2item has item id {int(key)} twice (as {key!r})")
         id2item[int(key) - 1] = asin
     missing = set(range(len(id2item))) - id2item.keys()
     if missing:
@@ -145,24 +183,50 @@ def _read_id2item(path: Path) -> dict[int, str]:
     return id2item
 
 
-def _read_json(path: Path) -> object:
+def _read_json(path: Path) -> tuple[object, str]:
+    """(parsed JSON, its text); malformed bytes or JSON raise DataError naming the line."""
+    data = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{_line_at(data, e.start)}: not valid UTF-8") from None
+    try:
+        return json.loads(text), text
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}:1: JSON nested too deeply") from None
+
+
+def _line_at(data: bytes | str, offset: int) -> int:
+    """1-based line holding position `offset`."""
+    return data.count(b"\n" if isinstance(data, bytes) else "\n", 0, offset) + 1
+
+
+def _line_of_key(text: str, key: str) -> int:
+    """Line of the first `"key":` in the JSON text (1 when it is written with escapes)."""
+    at = text.find(json.dumps(key) + ":")
+    if at < 0:
+        at = text.find(json.dumps(key))
+    return text.count("\n", 0, at) + 1 if at >= 0 else 1
 
 
 def _read_attributes(path: Path, n_items: int) -> list[np.ndarray]:
     """Attribute ids become 0-based like item ids; an item absent from the file gets none."""
-    raw = _read_json(path)
+    raw, text = _read_json(path)
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a JSON object of item id -> attribute id list")
+        raise DataError(f"{path}:1: expected a JSON object of item id -> attribute id list")
     out = [np.zeros(0, dtype=np.int64) for _ in range(n_items)]
+    seen: set[int] = set()
     for key, attrs in raw.items():
-        if not (key.isascii() and key.isdigit()) or not 1 <= int(key) <= n_items:
-            raise DataError(f"{path}: unknown item id {key!r} (items are 1..{n_items})")
-        if not isinstance(attrs, list) or not all(type(a) is int and a >= 1 for a in attrs):
-            raise DataError(f"{path}: item id {key}: attributes must be a list of integers >= 1")
+        where = f"{path}:{_line_of_key(text, key)}"
+        if not (key.isascii() and key.isdigit()) or len(key) > 10 or not 1 <= int(key) <= n_items:
+            raise DataError(f"{where}: unknown item id {key!r} (items are 1..{n_items})")
+        if int(key) in seen:
+            raise DataError(f"{where}: item id {int(key)} appears twice (as {key!r})")
+        seen.add(int(key))
+        if not isinstance(attrs, list) or not all(type(a) is int and 1 <= a <= MAX_ID for a in attrs):
+            raise DataError(f"{where}: item id {key}: attributes must be a list of integers in 1..{MAX_ID}")
         out[int(key) - 1] = np.array(attrs, dtype=np.int64) - 1
     return out
 
@@ -171,8 +235,15 @@ def _read_item_text(path: Path, id2item: dict[int, str]) -> list[str]:
     """One "title; brand B; categories; price P" string per item, empty fields left out."""
     asin_to_item = {asin: item for item, asin in id2item.items()}
     text: list[str | None] = [None] * len(id2item)
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
+    data = path.read_bytes()
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{_line_at(data, e.start)}: not valid UTF-8") from None
+    if "\0" in content:
+        raise DataError(f"{path}:{_line_at(content, content.index(chr(0)))}: NUL byte in the item table")
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter="\t")
+    try:
         header = [h.split(":")[0] for h in next(reader, [])]
         need = ("item_id", "title", "categories", "price", "brand")
         if any(n not in header for n in need):
@@ -189,6 +260,8 @@ def _read_item_text(path: Path, id2item: dict[int, str]) -> list[str]:
             if text[item] is not None:
                 raise DataError(f"{where}: item id {asin!r} appears twice")
             text[item] = _item_text(row, col, where)
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: {e}") from None
     absent = [i for i, t in enumerate(text) if t is None]
     if absent:
         raise DataError(
@@ -209,8 +282,11 @@ def _item_text(row: list[str], col: dict[str, int], where: str) -> str:
     price = row[col["price"]].strip()
     if price:
         try:
-            price = f"price {float(price):.2f}"
+            value = float(price)
         except ValueError:
             raise DataError(f"{where}: price {price!r} is not a number") from None
+        if not np.isfinite(value):
+            raise DataError(f"{where}: price {price!r} is not a finite number")
+        price = f"price {value:.2f}"
     parts = (title, f"brand {brand}" if brand else "", categories, price)
     return "; ".join(p for p in parts if p)

@@ -7,7 +7,7 @@ this file, and none of them should pay for torch just to load sequences.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -110,6 +110,9 @@ class SequenceDataset:
     item_attributes: list[np.ndarray] | None = None
     item_vectors: np.ndarray | None = None
     name: str = "dataset"
+    skipped_lines: list[tuple[int, str]] = field(default_factory=list)
+    """(line, reason) of each input line a loader skipped (`load_amazon(skip_bad_lines=True)`);
+    empty when every line was read. Not part of the fingerprint: only the kept data is."""
 
     def __post_init__(self) -> None:
         self.sequences = [np.asarray(s, dtype=np.int64).reshape(-1) for s in self.sequences]
@@ -125,11 +128,11 @@ class SequenceDataset:
                     f"{self.name}: user {user} has item id {int(flat[at])}, outside "
                     f"0..{self.n_items - 1}"
                 )
-        for field in ("item_text", "item_attributes", "item_vectors"):
-            value = getattr(self, field)
+        for attr in ("item_text", "item_attributes", "item_vectors"):
+            value = getattr(self, attr)
             if value is not None and len(value) != self.n_items:
                 raise DataError(
-                    f"{self.name}: {field} has {len(value)} rows for {self.n_items} items"
+                    f"{self.name}: {attr} has {len(value)} rows for {self.n_items} items"
                 )
 
     @property

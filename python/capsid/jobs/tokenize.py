@@ -29,7 +29,7 @@ import torch
 
 import capsid_kernels as ck
 
-from ..atomic import write_atomic
+from ..atomic import save_npy_atomic, write_atomic
 from ..baselines import GAOQConfig, RQKMeansConfig, RQVAEConfig, fit_gaoq, fit_rqkmeans, fit_rqvae
 from ..bpe import MergeTable, base_vocab_size, to_global
 from ..data import SequenceDataset
@@ -90,7 +90,7 @@ def run_capsid(name: str, x: torch.Tensor, weights: np.ndarray, s: TokenizeSetti
     # lambda_bpe = 0 (capsid-nobpe): the gate was never trained, so no merges are applied
     merges = result.merges if st_cfg.lambda_bpe > 0 else MergeTable(base_vocab_size(ks), [])
     merged = merges.encode_table(to_global(sids, ks))
-    np.save(out / "sids.npy", sids)
+    save_npy_atomic(out / "sids.npy", sids)
     _write_json(out / "merged.json", merged)
     write_atomic(out / "merges.json", merges.to_json().encode())
     diag = tokenizer_metrics(sids, ks, x.cpu().numpy(), stop_reason=final.stop_reason.cpu().numpy(),
@@ -148,7 +148,7 @@ def run_rqkmeans(name: str, x: torch.Tensor, s: TokenizeSettings, out: Path) -> 
     start = time.perf_counter()
     res = fit_rqkmeans(xn, cfg)
     seconds = time.perf_counter() - start
-    np.save(out / "sids.npy", res.sids)
+    save_npy_atomic(out / "sids.npy", res.sids)
     diag = _baseline_diagnostics(res, (cfg.codes,) * cfg.levels, xn, s, seconds, cfg)
     diag["val_route"] = float(((_unit(xn) - res.recon) ** 2).sum(1).mean())
     return diag
@@ -162,7 +162,7 @@ def run_gaoq(name: str, x: torch.Tensor, s: TokenizeSettings, out: Path) -> dict
     start = time.perf_counter()
     res = fit_gaoq(xn, cfg)
     seconds = time.perf_counter() - start
-    np.save(out / "sids.npy", res.sids)
+    save_npy_atomic(out / "sids.npy", res.sids)
     diag = _baseline_diagnostics(res, cfg.anchors_per_level, xn, s, seconds, cfg)
     diag["node_sizes"] = [{"min": int(min(z)), "max": int(max(z))} for z in res.sizes]
     return diag
@@ -181,7 +181,7 @@ def run_rqvae(name: str, x: torch.Tensor, s: TokenizeSettings, out: Path) -> dic
         res = fit_rqvae(xn, cfg)
     finally:
         torch.set_num_threads(threads)
-    np.save(out / "sids.npy", res.sids)
+    save_npy_atomic(out / "sids.npy", res.sids)
     diag = _baseline_diagnostics(res, (cfg.codes,) * cfg.levels, xn, s, res.seconds, cfg)
     diag["val_route"] = float(((_unit(xn) - res.recon) ** 2).sum(1).mean())
     diag["history"] = res.history

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,9 @@ def build_item_vectors(data: SequenceDataset, cfg: VectorConfig = VectorConfig()
     info = {"key": key, "path": str(path), "config": cfg.to_dict(), "dataset": data.name,
             "content_model": content_model_id() if "content" in cfg.sources else None}
     if path.is_file():
-        return np.load(path), {**info, "cached": True}
+        cached = load_cached_array(path, rows=data.n_items, cols=cfg.d, dtype=np.float32, unit_rows=True)
+        if cached is not None:
+            return cached, {**info, "cached": True}
     blocks = [_cached_block(data, cfg, source, cache_dir, device, show_progress) for source in cfg.sources]
     vectors = reduce_and_normalise(blocks, cfg.d)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -118,9 +121,42 @@ def _cached_block(data: SequenceDataset, cfg: VectorConfig, source: str, cache_d
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
     path = cache_dir / f"block-{source}-{key}.npy"
     if path.is_file():
-        return np.load(path)
+        cached = load_cached_array(path, rows=data.n_items)
+        if cached is not None:
+            return cached
     block = _source_block(data, cfg, source, device, show_progress)
     buf = io.BytesIO()
     np.save(buf, block)
     write_atomic(path, buf.getvalue())
     return block
+
+
+def load_cached_array(path: Path, *, rows: int, cols: int | None = None, dtype=None,
+                      unit_rows: bool = False) -> np.ndarray | None:
+    """A cached .npy re-checked before use, or None (with a warning) to rebuild it.
+
+    The file name is only a hash of the inputs; the bytes could be truncated by a disk fault,
+    replaced by hand, or written by another version. Checked: it parses without pickle, it is a
+    2-D floating array of ``rows`` rows (and ``cols`` columns, ``dtype``), every value is
+    finite, and with ``unit_rows`` every row has norm 1 (what reduce_and_normalise writes).
+    """
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        return _stale(path, f"unreadable ({type(exc).__name__}: {exc})")
+    if arr.ndim != 2 or arr.shape[0] != rows or (cols is not None and arr.shape[1] != cols):
+        want = f"[{rows}, {cols if cols is not None else 'any'}]"
+        return _stale(path, f"expected shape {want}, got {list(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.floating) or (dtype is not None and arr.dtype != dtype):
+        return _stale(path, f"expected dtype {np.dtype(dtype) if dtype is not None else 'floating'}, got {arr.dtype}")
+    if not np.isfinite(arr).all():
+        bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+        return _stale(path, f"row {bad} has a non-finite value")
+    if unit_rows and arr.size and not np.allclose(np.linalg.norm(arr.astype(np.float64), axis=1), 1.0, atol=1e-4):
+        return _stale(path, "rows are not unit vectors")
+    return arr
+
+
+def _stale(path: Path, why: str) -> None:
+    warnings.warn(f"{path}: cached vectors rejected: {why}; rebuilding", RuntimeWarning, stacklevel=3)
+    return None
