@@ -1,8 +1,9 @@
-"""Routing forward benchmark: eager reference, torch.compile(eager), Triton; and the whole tokenizer.
+"""Routing forward benchmark: eager reference, torch.compile(eager), Triton, the CUDA C++ kernel; and the whole tokenizer.
 
     python bench/routing.py --out bench/results            # the full suite (GPU)
     python bench/routing.py --quick                        # N = 16384 and 65536 only
     python bench/routing.py --sweep                        # Triton tile configurations, bf16 default
+    python bench/routing.py --train                        # training step of one layer (fwd + bwd)
 
 One row per (preset, precision, N, backend): median ms, ns per item-layer, TFLOP/s, peak memory.
 TFLOP/s counts the Triton schedule's tensor-core work, T vote GEMMs of 2·N·K·d_c·d each (round 1
@@ -93,6 +94,7 @@ def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, ou
                         "eager": lambda r: route_reference(r, W, b, D, rounds=ROUNDS),
                         "compile": lambda r: compiled(r, W, b, D, rounds=ROUNDS),
                         "triton": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="triton"),
+                        "cuda": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="cuda"),
                     }[backend]
                     err = None
                     if backend in ("eager", "compile") and n * K * dc * 4 * 2.5 > EAGER_BYTES_LIMIT:
@@ -118,7 +120,7 @@ def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, ou
     return rows
 
 
-def tokenizer_rows(n, prec, env, chunk, repeats) -> list[dict]:
+def tokenizer_rows(n, prec, env, chunk, repeats, backend="triton") -> list[dict]:
     import capsid_kernels as ck
     from capsid.data.synthetic import synthetic_item_vectors
 
@@ -129,7 +131,7 @@ def tokenizer_rows(n, prec, env, chunk, repeats) -> list[dict]:
     x = synthetic_item_vectors(n, d, seed=0, device="cuda", dtype=dtype)
     torch.cuda.synchronize()
     gen_s = time.perf_counter() - t0
-    kw = dict(rounds=ROUNDS, precision=precision, backend="triton", batch_size=chunk)
+    kw = dict(rounds=ROUNDS, precision=precision, backend=backend, batch_size=chunk)
     ck.tokenize(x[: 2 * chunk], layers, **kw)  # compile and warm up
     torch.cuda.synchronize()
     samples, stats, peak = [], None, 0
@@ -157,18 +159,81 @@ def tokenizer_rows(n, prec, env, chunk, repeats) -> list[dict]:
     med = samples[len(samples) // 2]
     timing = Timing(med, samples[0], samples[-1], len(samples), peak, samples)
     shapes = {"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "L_max": 6, "chunk": chunk, "preset": "default"}
-    row = make_row(op="tokenize", backend="triton", dtype=prec, shapes=shapes, timing=timing, env=env,
+    row = make_row(op="tokenize", backend=backend, dtype=prec, shapes=shapes, timing=timing, env=env,
                    seconds=round(med / 1e3, 3), synthetic_gen_s=round(gen_s, 3),
                    ns_per_item_layer_measured=round(med * 1e6 / stats["item_layers"], 3),
                    peak_beyond_outputs_mib=round((peak - stats["outputs_mib"] * 2**20 - stats["depth_records_mib"] * 2**20)
                                                  / 2**20, 1),
                    **stats)
-    print(f"tokenize {prec} N={n}: {med / 1e3:.3f} s (runs {[round(s_ / 1e3, 3) for s_ in samples]}), "
+    print(f"tokenize {backend} {prec} N={n}: {med / 1e3:.3f} s (runs {[round(s_ / 1e3, 3) for s_ in samples]}), "
           f"{row['ns_per_item_layer_measured']} ns per item-layer, mean length {stats['mean_length']:.3f}, "
           f"peak {peak / 2**30:.2f} GiB ({row['peak_beyond_outputs_mib']} MiB beyond outputs)", flush=True)
     del x
     torch.cuda.empty_cache()
     return [row]
+
+
+def train_rows(ns, precs, env, max_time_ms) -> list[dict]:
+    """Training step of one layer (issue 7): forward + backward to r, W, b and D, default preset.
+
+    The loss takes r' and q (upstream gradients fixed random tensors, never zeros); eager autograd
+    of the reference, torch.compile of it (forward and backward compiled), and the Triton backend
+    (fused forward that saves O(N·T·d_c), fused backward). Ratios and peak memory from this run.
+    """
+    import capsid_kernels as ck
+    from capsid_kernels.ops._precision import matmul_precision
+    from capsid_kernels.reference import route_reference
+
+    K, dc, d = (PRESETS["default"][k] for k in ("K", "dc", "d"))
+    rows = []
+    for prec in precs:
+        dtype, precision = PRECS[prec]
+        tf32 = precision == "tf32"
+        W, b, D = (t.requires_grad_() for t in make_layer(K, dc, d, dtype, seed=1))
+        compiled = torch.compile(route_reference)
+        for n in ns:
+            g = torch.Generator(device="cuda").manual_seed(7)
+            g_res = torch.randn(n, d, device="cuda", generator=g).to(dtype)
+            g_q = torch.randn(n, device="cuda", generator=g)
+            inputs = [unit_rows(n, d, dtype, seed=200 + i).requires_grad_()
+                      for i in range(rotation_count(n * d * W.element_size()))]
+            shapes = {"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "mode": "soft", "preset": "default"}
+            fwd = {
+                "eager": lambda r: route_reference(r, W, b, D, rounds=ROUNDS),
+                "compile": lambda r: compiled(r, W, b, D, rounds=ROUNDS),
+                "triton": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="triton"),
+            }
+            case = []
+            for backend, f in fwd.items():
+                def step(r, f=f):
+                    out = f(r)
+                    return torch.autograd.grad([out.residual, out.confidence], [r, W, b, D], [g_res, g_q])
+
+                err, timing = None, None
+                try:
+                    with matmul_precision(tf32):
+                        timing = bench(step, inputs, warmup=3, repeats=15, max_time_ms=max_time_ms)
+                except torch.OutOfMemoryError as e:
+                    err = f"out of memory: {str(e)[:120]}"
+                torch.cuda.empty_cache()
+                row = make_row(op="route_train", backend=backend, dtype=prec, shapes=shapes, timing=timing, items=n,
+                               flops=2.0 * n * K * dc * d * ROUNDS, env=env, **({"error": err} if err else {}))
+                case.append(row)
+                print(f"train {prec:5s} N={n:7d} {backend:8s} "
+                      + (f"{row['ns_per_item_layer']:9.2f} ns/item-layer peak {row.get('peak_mib', 0):9.1f} MiB"
+                         if timing else err), flush=True)
+            base = {r["backend"]: r for r in case if "median_ms" in r}
+            for r in case:
+                for other in ("eager", "compile"):
+                    if "median_ms" in r and other in base:
+                        r[f"speedup_vs_{other}"] = round(base[other]["median_ms"] / r["median_ms"], 2)
+                if r.get("peak_mib") and "eager" in base and base["eager"].get("peak_mib"):
+                    r["peak_vs_eager"] = round(r["peak_mib"] / base["eager"]["peak_mib"], 4)
+            rows += case
+            del inputs, g_res, g_q
+        del W, b, D, compiled
+        torch.cuda.empty_cache()
+    return rows
 
 
 def sweep(env) -> list[dict]:
@@ -209,11 +274,13 @@ def main(argv=None) -> int:
     p.add_argument("--ns", default="4096,16384,65536,262144")
     p.add_argument("--presets", default="default,industrial")
     p.add_argument("--precs", default="fp32,tf32,bf16")
-    p.add_argument("--backends", default="eager,compile,triton")
+    p.add_argument("--backends", default="eager,compile,triton,cuda")
     p.add_argument("--quick", action="store_true", help="N = 16384, 65536 only")
     p.add_argument("--sweep", action="store_true", help="only the Triton tile-configuration sweep")
     p.add_argument("--tokenizer-n", type=int, default=35_800_000, help="0 skips the whole-tokenizer row")
     p.add_argument("--tokenizer-precs", default="bf16")
+    p.add_argument("--tokenizer-backends", default="triton,cuda",
+                   help="cuda runs the reference stack with every depth on the C++ kernel")
     p.add_argument("--tokenizer-repeats", type=int, default=3)
     p.add_argument("--chunk", type=int, default=1 << 21)
     p.add_argument("--max-time-ms", type=float, default=1500.0, help="time budget per case")
@@ -221,6 +288,9 @@ def main(argv=None) -> int:
     p.add_argument("--compile-cases", default="default:fp32,default:tf32,default:bf16,industrial:bf16",
                    help="preset:precision pairs that get a torch.compile row ('all' for every one)")
     p.add_argument("--skip-route", action="store_true", help="only the tokenizer row")
+    p.add_argument("--train", action="store_true", help="only the training step of one layer (fwd + bwd)")
+    p.add_argument("--train-ns", default="16384,65536")
+    p.add_argument("--train-precs", default="bf16,fp32")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench/routing.py needs a CUDA GPU", file=sys.stderr)
@@ -234,10 +304,22 @@ def main(argv=None) -> int:
         rows += sweep(env)
         write_rows(rows, out / f"{args.tag}_sweep.json")
         return 0
+    if args.train:
+        rows += train_rows([int(v) for v in args.train_ns.split(",")], args.train_precs.split(","), env,
+                           args.max_time_ms)
+        write_rows(rows, out / f"{args.tag}_train.json")
+        train = [r for r in rows if r["op"] == "route_train"]
+        print_table(train, ["backend", "dtype", "shapes", "ns_per_item_layer", "peak_mib", "speedup_vs_eager",
+                            "speedup_vs_compile", "peak_vs_eager"])
+        plot_rows(train, out / f"{args.tag}_train.png", x="shapes.N", y="ns_per_item_layer",
+                  series=lambda r: f"{r['backend']} {r['dtype']}", panel=lambda r: r["dtype"],
+                  title=f"routing training step (fwd + bwd), T={ROUNDS}, {env['gpu']} ({env['date'][:10]})")
+        return 0
     ns = [16384, 65536] if args.quick else [int(v) for v in args.ns.split(",")]
     if args.tokenizer_n:
         for prec in args.tokenizer_precs.split(","):
-            rows += tokenizer_rows(args.tokenizer_n, prec, env, args.chunk, args.tokenizer_repeats)
+            for tok_backend in args.tokenizer_backends.split(","):
+                rows += tokenizer_rows(args.tokenizer_n, prec, env, args.chunk, args.tokenizer_repeats, tok_backend)
             write_rows(rows, out / f"{args.tag}.json")
     if not args.skip_route:
         rows += route_rows(args.presets.split(","), ns, args.precs.split(","), args.backends.split(","), env,
@@ -250,8 +332,13 @@ def main(argv=None) -> int:
             c = next((x for x in route if x["backend"] == "compile" and x["dtype"] == r["dtype"]
                       and x["shapes"] == r["shapes"] and "median_ms" in x), None)
             r["speedup_vs_compile"] = round(c["median_ms"] / r["median_ms"], 2) if c else None
+        if r["backend"] == "cuda" and "median_ms" in r:  # the C++ kernel against Triton, same run
+            t = next((x for x in route if x["backend"] == "triton" and x["dtype"] == r["dtype"]
+                      and x["shapes"] == r["shapes"] and "median_ms" in x), None)
+            r["speedup_vs_triton"] = round(t["median_ms"] / r["median_ms"], 3) if t else None
     write_rows(rows, out / f"{args.tag}.json")
-    print_table(route, ["backend", "dtype", "shapes", "ns_per_item_layer", "tflops", "peak_mib", "speedup_vs_compile"])
+    print_table(route, ["backend", "dtype", "shapes", "ns_per_item_layer", "tflops", "peak_mib", "speedup_vs_compile",
+                        "speedup_vs_triton"])
     plot_rows(route, out / f"{args.tag}.png", x="shapes.N", y="ns_per_item_layer",
               series=lambda r: f"{r['backend']} {r['dtype']}", panel=lambda r: r["shapes"]["preset"],
               title=f"routing forward, T={ROUNDS}, {env['gpu']} ({env['date'][:10]})")

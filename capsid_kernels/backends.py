@@ -21,6 +21,21 @@ BACKENDS = ("eager", "triton", "cuda")
 # The fast backends, fastest first; "eager" always closes the list.
 PREFERENCE = ("cuda", "triton")
 
+# Where measurement put another backend first for an op and dtype, "auto" follows this table
+# instead of PREFERENCE (python -m capsid_kernels.info prints the order). Routing: the Triton
+# forward beat the CUDA C++ one on an H100 (bench/results/routing_cuda.json, csrc/ROUTE_CUDA.md), so
+# Triton leads and "cuda" serves only where Triton cannot run (one measured shape exception for
+# float32 routing lives in ops/route_cuda.py:AUTO_RULE); the tokenizer stack follows.
+AUTO_ORDER: dict[tuple[str, torch.dtype], tuple[str, ...]] = {
+    (op, dtype): ("triton", "cuda") for op in ("route", "tokenize") for dtype in (torch.float32, torch.bfloat16)
+}
+
+
+def auto_order(op: str, dtype: torch.dtype) -> tuple[str, ...]:
+    """The fast backends "auto" tries for ``op`` on ``dtype``, first choice first."""
+    return AUTO_ORDER.get((op, dtype), PREFERENCE)
+
+
 SupportCheck = Callable[[str, torch.dtype], Optional[str]]
 _CHECKS: dict[tuple[str, str], SupportCheck] = {}
 
@@ -58,7 +73,7 @@ def unsupported_reason(op: str, backend: str, device_type: str, dtype: torch.dty
 def select(op: str, requested: str, device_type: str, dtype: torch.dtype) -> str:
     """Resolve ``requested`` ("auto" or a backend name) to the backend that will run."""
     if requested == "auto":
-        for name in PREFERENCE:
+        for name in auto_order(op, dtype):
             if unsupported_reason(op, name, device_type, dtype) is None:
                 return name
         return "eager"
@@ -82,6 +97,20 @@ def cuda_extension_reason(device_type: str, dtype: torch.dtype,
 @supports("squash", "cuda")
 def _squash_cuda(device_type: str, dtype: torch.dtype) -> Optional[str]:
     return cuda_extension_reason(device_type, dtype)
+
+
+@supports("route", "cuda")
+def _route_cuda(device_type: str, dtype: torch.dtype) -> Optional[str]:
+    reason = cuda_extension_reason(device_type, dtype, dtypes=(torch.float32, torch.bfloat16))
+    if reason is None and not hasattr(torch.ops.capsid_C, "route_forward"):
+        return "the built extension predates the route_forward op: rebuild it (python setup.py build_ext --inplace)"
+    return reason
+
+
+@supports("tokenize", "cuda")
+def _tokenize_cuda(device_type: str, dtype: torch.dtype) -> Optional[str]:
+    # The reference stack with every depth on the CUDA routing kernel (host-side compaction).
+    return _route_cuda(device_type, dtype)
 
 
 OPS = OPS + ("beam_step",)

@@ -12,7 +12,7 @@ import sys
 import torch
 
 from . import __version__, _ext
-from .backends import BACKENDS, OPS, select, unsupported_reason
+from .backends import BACKENDS, OPS, auto_order, select, unsupported_reason
 
 
 def _device_type() -> str:
@@ -40,6 +40,7 @@ def report() -> dict:
             reasons = {b: unsupported_reason(op, b, device_type, dtype) for b in BACKENDS}
             per_dtype[str(dtype).replace("torch.", "")] = {
                 "auto": select(op, "auto", device_type, dtype),
+                "auto_order": list(auto_order(op, dtype)),  # measured order (backends.AUTO_ORDER)
                 "why_not": {b: r for b, r in reasons.items() if r is not None},
             }
         ops[op] = per_dtype
@@ -53,7 +54,14 @@ def report() -> dict:
         "gpu": gpu,
         "extension": _ext.build_info() or {"error": _ext.error()},
         "ops": ops,
+        "auto_rules": [_route_cuda_rule()],
     }
+
+
+def _route_cuda_rule() -> str:
+    from .ops.route_cuda import AUTO_RULE
+
+    return AUTO_RULE
 
 
 def main(argv=None) -> int:
@@ -72,10 +80,13 @@ def main(argv=None) -> int:
     print(f"backends for {rep['device']} tensors:")
     for op, per_dtype in rep["ops"].items():
         for dtype, entry in per_dtype.items():
-            print(f"  {op:9s} {dtype:9s} auto -> {entry['auto']}")
+            print(f"  {op:9s} {dtype:9s} auto -> {entry['auto']}  (tries {', '.join(entry['auto_order'])}, then eager)")
             if not args.short:
                 for backend, reason in entry["why_not"].items():
                     print(f"  {'':9s} {'':9s}   {backend}: {reason}")
+    from .ops.route_cuda import AUTO_RULE
+
+    print(f"shape rule: {AUTO_RULE}")
     return 0
 
 

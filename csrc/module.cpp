@@ -13,7 +13,7 @@ pybind11::dict build_info() {
   pybind11::dict info;
   info["cudart_version"] = CUDART_VERSION;
   info["arch_list"] = CAPSID_ARCH_LIST;
-  info["ops"] = pybind11::make_tuple("squash_forward", "squash_backward", "beam_step");
+  info["ops"] = pybind11::make_tuple("squash_forward", "squash_backward", "beam_step", "route_forward");
   return info;
 }
 

@@ -29,3 +29,25 @@ TORCH_LIBRARY_FRAGMENT(capsid_C, m) {
 }
 
 TORCH_LIBRARY_IMPL(capsid_C, CUDA, m) { m.impl("beam_step", &capsid::beam_step_cuda); }
+
+// Fused routing-layer forward (csrc/route_fwd.cu). CPU tensors get an error that names the fix.
+#include "route_fwd.h"
+
+namespace {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+route_forward_cpu(const at::Tensor& r, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool, double,
+                  double, double, bool, bool, bool, bool, int64_t) {
+  TORCH_CHECK(false, "route_forward: the cuda routing kernel needs CUDA tensors, got r on ", r.device().str(),
+              " (use backend='eager' for CPU tensors)");
+}
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(capsid_C, m) {
+  m.def(
+      "route_forward(Tensor r, Tensor W, Tensor b, Tensor D, int rounds, bool hard, float eta, float tau, float eps, "
+      "bool last, bool need_weights, bool need_onorm, bool tf32, int stage_skip=0) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(capsid_C, CPU, m) { m.impl("route_forward", &route_forward_cpu); }
+TORCH_LIBRARY_IMPL(capsid_C, CUDA, m) { m.impl("route_forward", &capsid::route_forward_cuda); }

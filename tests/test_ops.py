@@ -110,3 +110,19 @@ def test_auto_serves_every_op_on_cpu_with_eager():
     for op in OPS:
         for dtype in (torch.float32, torch.bfloat16, F64):
             assert select(op, "auto", "cpu", dtype) == "eager"
+
+
+def test_route_under_autocast_matches_route_outside_it():
+    """An enclosing autocast region (a generator trained in mixed precision) leaves routing in
+    the inputs' dtype: same outputs, float32 weights."""
+    import capsid_kernels as ck
+
+    g = torch.Generator().manual_seed(11)
+    r = torch.nn.functional.normalize(torch.randn(33, 12, generator=g), dim=1)
+    W, b, D = torch.randn(5, 6, 12, generator=g), torch.randn(5, 6, generator=g), torch.randn(12, 6, generator=g)
+    plain = ck.route(r, W, b, D, need_weights=True, backend="eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = ck.route(r, W, b, D, need_weights=True, backend="eager")
+    assert mixed.weights.dtype == torch.float32 and mixed.residual.dtype == torch.float32
+    assert torch.equal(plain.token, mixed.token)
+    torch.testing.assert_close(mixed.residual, plain.residual, rtol=0, atol=0)

@@ -79,7 +79,7 @@ def _votes(x, W_ptr, b_ptr, k, offs_d, offs_c, BD: tl.constexpr, BC: tl.constexp
     the padded columns of u are exactly 0."""
     w = tl.trans(tl.load(W_ptr + k * (BC * BD) + offs_c[:, None] * BD + offs_d[None, :]))
     bk = tl.load(b_ptr + k * BC + offs_c)
-    if FP32_DOT == "none":
+    if FP32_DOT == "none" or FP32_DOT == "fp64":
         u = tl.dot(x, w)
     elif FP32_DOT == "upcast":  # bf16 under the CPU interpreter, whose bf16 dot is wrong
         u = tl.dot(x.to(tl.float32), w.to(tl.float32))
@@ -92,11 +92,12 @@ def _votes(x, W_ptr, b_ptr, k, offs_d, offs_c, BD: tl.constexpr, BC: tl.constexp
 def route_fwd_kernel(
     r_ptr, idx_ptr, count_ptr, W_ptr, b_ptr, D_ptr, v1_ptr,
     q_ptr, rout_ptr, z_ptr, logit_ptr, lse_ptr, onorm_ptr, token_ptr, reason_ptr,
-    sids_ptr, len_ptr, fin_ptr, recon_ptr, resn_ptr, prevn_ptr,
+    sids_ptr, len_ptr, fin_ptr, recon_ptr, resn_ptr, prevn_ptr, sv_ptr, slse_ptr, srec_ptr,
     N, K, d, dc, sids_stride, depth, eta, tau, eps, last,
     ROUNDS: tl.constexpr, HARD: tl.constexpr, NEED_W: tl.constexpr, NEED_ONORM: tl.constexpr,
     STACK: tl.constexpr, FP32_DOT: tl.constexpr, ROUND_BY_HAND: tl.constexpr,
     BM: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr,
+    SAVE: tl.constexpr = False, ACC: tl.constexpr = tl.float32,
 ):
     pid = tl.program_id(0)
     if STACK:
@@ -123,6 +124,9 @@ def route_fwd_kernel(
 
         # Round 1: uniform weights, v₁ = r W̄ᵀ + b̄ (computed before the launch, [*, BC] float32).
         v = tl.load(v1_ptr + item[:, None] * BC + offs_c[None, :], mask=rmask[:, None], other=0.0)
+        smask = rmask[:, None] & cmask[None, :]
+        if SAVE:  # what the backward needs (route_bwd.py): v of every round, lse of every logit vector
+            tl.store(sv_ptr + rows64[:, None] * (ROUNDS * dc) + offs_c[None, :], v, mask=smask)
         o = v * _squash_scale(tl.sum(v * v, 1))[:, None]
         S = o
 
@@ -130,9 +134,9 @@ def route_fwd_kernel(
         # go two at a time: two independent vote GEMMs in flight, one rescale per pair. W is
         # padded to an even K; the pad capsule's logit is -inf.
         for _rnd in tl.static_range(1, ROUNDS):
-            m = tl.full([BM], float("-inf"), tl.float32)
-            l = tl.zeros([BM], tl.float32)
-            acc = tl.zeros([BM, BC], tl.float32)
+            m = tl.full([BM], float("-inf"), ACC)
+            l = tl.zeros([BM], ACC)
+            acc = tl.zeros([BM, BC], ACC)
             for k in range(0, K, 2):
                 u0 = _votes(x, W_ptr, b_ptr, k, offs_d, offs_c, BD, BC, FP32_DOT)
                 u1 = _votes(x, W_ptr, b_ptr, k + 1, offs_d, offs_c, BD, BC, FP32_DOT)
@@ -146,15 +150,18 @@ def route_fwd_kernel(
                 l = l * alpha + p0 + p1
                 m = m_new
             v = acc / l[:, None]
+            if SAVE:
+                tl.store(slse_ptr + rows64 * (ROUNDS + 1) + (_rnd - 1), m + tl.log(l), mask=rmask)
+                tl.store(sv_ptr + rows64[:, None] * (ROUNDS * dc) + _rnd * dc + offs_c[None, :], v, mask=smask)
             o = v * _squash_scale(tl.sum(v * v, 1))[:, None]
             S += o
 
         # Final pass: c* = softmax(u · S), argmax, and the reconstruction.
         onorm = tl.sqrt(tl.sum(o * o, 1))
-        m = tl.full([BM], float("-inf"), tl.float32)
-        l = tl.zeros([BM], tl.float32)
+        m = tl.full([BM], float("-inf"), ACC)
+        l = tl.zeros([BM], ACC)
         best = tl.zeros([BM], tl.int32)
-        rec = tl.zeros([BM, BC], tl.float32)
+        rec = tl.zeros([BM, BC], ACC)
         for k in range(0, K, 2):
             u0 = _votes(x, W_ptr, b_ptr, k, offs_d, offs_c, BD, BC, FP32_DOT)
             u1 = _votes(x, W_ptr, b_ptr, k + 1, offs_d, offs_c, BD, BC, FP32_DOT)
@@ -185,6 +192,10 @@ def route_fwd_kernel(
         else:
             rec = rec / l[:, None]
         q = onorm / l  # c*_s = exp(a_s − max) / Σ = 1 / l
+        if SAVE:
+            tl.store(slse_ptr + rows64 * (ROUNDS + 1) + (ROUNDS - 1), m + tl.log(l), mask=rmask)
+            tl.store(slse_ptr + rows64 * (ROUNDS + 1) + ROUNDS, 1.0 / l, mask=rmask)
+            tl.store(srec_ptr + rows64[:, None] * dc + offs_c[None, :], rec, mask=smask)
 
         # z = D rec (D is [d, d_c]); r' = r − η z.
         dt = tl.load(D_ptr + offs_d[None, :] * dc + offs_c[:, None], mask=cmask[:, None] & dmask[None, :],
@@ -195,10 +206,12 @@ def route_fwd_kernel(
             z = tl.dot(hi, dt, tl.dot(lo, dt))
         elif FP32_DOT == "upcast":
             z = tl.dot(rec, dt.to(tl.float32))
+        elif FP32_DOT == "fp64":
+            z = tl.dot(rec, dt)
         else:
             z = tl.dot(rec, dt, input_precision="tf32x3")
         # r is read again rather than kept live in float32 through the passes (register pressure).
-        xf = tl.load(x_ptrs, mask=xmask, other=0.0).to(tl.float32)
+        xf = tl.load(x_ptrs, mask=xmask, other=0.0).to(ACC)
         rnew = xf - eta * z
         rnew = tl.where(xmask, rnew, 0.0)
         resn = tl.sqrt(tl.sum(rnew * rnew, 1))
@@ -291,7 +304,14 @@ def fp32_dot(dtype: torch.dtype, tf32: bool, device_type: str = "cuda") -> str:
     """
     if dtype == torch.bfloat16:
         return "none" if device_type == "cuda" else "upcast"
+    if dtype == torch.float64:  # float64 accumulation throughout (the backward's float64 tests)
+        return "fp64"
     return "tf32" if tf32 else EXACT_FP32
+
+
+def acc_dtype(dtype: torch.dtype):
+    """The kernels' accumulation type: float64 for float64 inputs, else float32 (SPEC §2)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _round_by_hand(r: torch.Tensor) -> bool:
@@ -312,14 +332,15 @@ def pack_layer(W: torch.Tensor, b: torch.Tensor, BC: int, BD: int, tf32: bool = 
     need no masks. With ``tf32`` the packed W is rounded to tf32 (see ``_round_tf32``)."""
     k, dc, d = W.shape
     kp = k + (k % 2)
+    cd = torch.float64 if W.dtype == torch.float64 else torch.float32
     Wp = W.new_zeros(kp, BC, BD)
     Wp[:k, :dc, :d] = round_tf32(W) if tf32 and W.dtype == torch.float32 else W
-    bp = torch.zeros(kp, BC, dtype=torch.float32, device=W.device)
-    bp[:k, :dc] = b.float()
-    wbar = torch.zeros(BC, d, dtype=torch.float32, device=W.device)
-    wbar[:dc] = W.float().mean(0)
-    bbar = torch.zeros(BC, dtype=torch.float32, device=W.device)
-    bbar[:dc] = b.float().mean(0)
+    bp = torch.zeros(kp, BC, dtype=cd, device=W.device)
+    bp[:k, :dc] = b.to(cd)
+    wbar = torch.zeros(BC, d, dtype=cd, device=W.device)
+    wbar[:dc] = W.to(cd).mean(0)
+    bbar = torch.zeros(BC, dtype=cd, device=W.device)
+    bbar[:dc] = b.to(cd).mean(0)
     return Wp, bp, wbar, bbar
 
 
@@ -328,19 +349,24 @@ def first_round_votes(r: torch.Tensor, wbar: torch.Tensor, bbar: torch.Tensor) -
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        return torch.addmm(bbar, r.float(), wbar.t())
+        return torch.addmm(bbar, r.to(bbar.dtype), wbar.t())
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def route_forward(r, W, b, D, rounds: int, hard: bool, eta: float, tau: float, eps: float, last: bool,
-                  need_weights: bool, need_onorm: bool, tf32: bool):
-    """Launch the fused layer; returns (q, r', z, c* or empty, ||o|| or empty, token, reason)."""
+                  need_weights: bool, need_onorm: bool, tf32: bool, save: bool = False):
+    """Launch the fused layer; returns (q, r', z, c* or empty, ||o|| or empty, token, reason).
+
+    With ``save`` three more: what the fused backward (route_bwd.py) recomputes from, O(N·T·d_c):
+    v of every round [N, T, d_c], the log-sum-exp of every round's logits plus the winner's c*
+    [N, T + 1] (columns lse(a¹) .. lse(a^T), c*_s), and the reconstruction before D [N, d_c].
+    """
     r, W, b, D = (t.contiguous() for t in (r, W, b, D))
     n, d = r.shape
     k, dc = W.shape[0], W.shape[1]
     dev = r.device
-    f32 = torch.float32
+    f32 = torch.float64 if r.dtype == torch.float64 else torch.float32
     q = torch.empty(n, dtype=f32, device=dev)
     rout = torch.empty_like(r)
     z = torch.empty_like(r)
@@ -349,18 +375,24 @@ def route_forward(r, W, b, D, rounds: int, hard: bool, eta: float, tau: float, e
     logits = torch.empty((n, k) if need_weights else (0,), dtype=f32, device=dev)
     lse = torch.empty(n if need_weights else 0, dtype=f32, device=dev)
     onorm = torch.empty(n if need_onorm else 0, dtype=f32, device=dev)
+    sv = torch.empty((n, rounds, dc) if save else (0,), dtype=f32, device=dev)
+    slse = torch.empty((n, rounds + 1) if save else (0,), dtype=f32, device=dev)
+    srec = torch.empty((n, dc) if save else (0,), dtype=f32, device=dev)
     if n > 0:
         cfg = tile_config(d, dc, dev.type, r.element_size())
         Wp, bp, wbar, bbar = pack_layer(W, b, cfg["BC"], cfg["BD"], tf32)
         v1 = first_round_votes(r, wbar, bbar)
         dummy = token
         consts = dict(ROUNDS=rounds, HARD=hard, NEED_W=need_weights, NEED_ONORM=need_onorm, STACK=False,
-                      FP32_DOT=fp32_dot(r.dtype, tf32, dev.type), ROUND_BY_HAND=_round_by_hand(r))
+                      FP32_DOT=fp32_dot(r.dtype, tf32, dev.type), ROUND_BY_HAND=_round_by_hand(r),
+                      SAVE=save, ACC=acc_dtype(r.dtype))
         args = (r, dummy, dummy, Wp, bp, D, v1, q, rout, z, logits, lse, onorm, token, reason,
-                dummy, dummy, dummy, q, q, q,
+                dummy, dummy, dummy, q, q, q, sv if save else q, slse if save else q, srec if save else q,
                 n, k, d, dc, 0, 0, float(eta), float(tau), float(eps), int(bool(last)))
         _launch(n, args, consts, cfg, (d, dc, r.dtype, tuple(consts.items())))
     weights = torch.exp(logits - lse[:, None]) if need_weights else logits
+    if save:
+        return q, rout, z, weights, onorm, token, reason, sv, slse, srec
     return q, rout, z, weights, onorm, token, reason
 
 
@@ -383,6 +415,6 @@ def route_stack_depth(R, idx, count, packed, D, *, capsules, rounds, hard, eta, 
                   FP32_DOT=fp32_dot(R.dtype, tf32, R.device.type), ROUND_BY_HAND=_round_by_hand(R))
     args = (R, idx, count, Wp, bp, D, v1,
             rec["confidence"], R, R, rec["logits"], rec["lse"], rec["onorm"], rec["token"], rec["stop_reason"],
-            sids, lengths, reasons, recon, rec["residual_norm"], rec["prev_residual_norm"],
+            sids, lengths, reasons, recon, rec["residual_norm"], rec["prev_residual_norm"], R, R, R,
             cap, k, d, dc, sids.stride(0), depth, float(eta), float(tau), float(eps), int(bool(last)))
     _launch(cap, args, consts, cfg, (d, dc, R.dtype, tuple(consts.items())))
