@@ -38,8 +38,12 @@ def _vectors(args: argparse.Namespace, data, device):
 
     if args.vectors:
         v = np.load(args.vectors)
-        if v.shape[0] != data.n_items:
-            raise ValueError(f"{args.vectors}: {v.shape[0]} rows for {data.n_items} items")
+        if v.ndim != 2 or v.shape[0] != data.n_items or not np.issubdtype(v.dtype, np.number):
+            raise ValueError(f"{args.vectors}: expected a numeric [N={data.n_items}, d] array, got {v.dtype} "
+                             f"{list(v.shape)}")
+        if not np.isfinite(v).all():
+            row = int(np.flatnonzero(~np.isfinite(v).all(axis=1))[0])
+            raise ValueError(f"{args.vectors}: expected finite vectors, row {row} has NaN or Inf")
         return v.astype(np.float32), {"path": args.vectors, "sources": ["file"], "cached": True}
     if args.sources:
         sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
@@ -79,8 +83,12 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
           f" ({'cache hit' if info.get('cached') else 'built'})")
     bpe = SemanticBPEConfig(alpha=args.bpe_alpha, n_min=args.bpe_n_min, theta_end=args.bpe_theta_end,
                             max_merges=args.max_merges)
+    from .stage1.init import InitConfig
+
+    init = None if args.init == "random" else (
+        InitConfig(sharpness=tuple(args.init_sharpness)) if args.init_sharpness else InitConfig())
     stage1 = Stage1Config(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
-                          lr=args.lr, seed=args.seed, bpe=bpe)
+                          lr=args.lr, seed=args.seed, bpe=bpe, init=init)
     settings = TokenizeSettings(
         tokenizers=names, capsules=args.capsules, capsule_dim=args.capsule_dim, max_length=args.max_length,
         backend=args.backend, stage1=stage1, rq_levels=args.rq_levels, seed=args.seed, device=str(device),
@@ -93,9 +101,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     print(f"written: {args.out}/summary.json, summary.md" + (", diagnostics.png" if summary.get("plot") else
                                                            " (no PNG: matplotlib not installed)"))
     if args.json:
-        import json
-        with open(args.json, "w") as f:
-            json.dump(summary, f, default=str)
+        from .atomic import write_text_atomic
+        write_text_atomic(args.json, json.dumps(summary, default=str))
     return 0
 
 
@@ -108,7 +115,8 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     vectors, info = _vectors(args, data, device)
     print(f"{data.name}: vectors {vectors.shape}, {'cache hit' if info.get('cached') else 'built'}: {info.get('path')}")
     if args.save:
-        np.save(args.save, vectors)
+        from .atomic import save_npy_atomic
+        save_npy_atomic(args.save, vectors)
         print(f"saved {args.save}")
     return 0
 
@@ -163,6 +171,11 @@ def _tokenize_args(p: argparse.ArgumentParser, *, epochs: int, capsules: int, ou
     p.add_argument("--bpe-n-min", type=int, default=20)
     p.add_argument("--bpe-theta-end", type=float, default=0.55)
     p.add_argument("--max-merges", type=int, default=1024)
+    p.add_argument("--init", choices=("data", "random"), default="data",
+                   help="CAPSID Stage-1 start: the data-dependent capsule warm-up (default) or the module's "
+                        "random initialisation (routing then stays near uniform)")
+    p.add_argument("--init-sharpness", type=float, nargs="+", metavar="BETA",
+                   help="warm-up routing sharpness per depth (the last value repeats; default 6 4 5 7 9 12)")
     p.add_argument("--no-resume", action="store_true", help="ignore Stage-1 checkpoints in --out")
     p.add_argument("--json", help="also write the summary to this JSON file")
 
@@ -194,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
                                            "over seeds, with a results table")
     _pipeline.build_parser(pipe)
     pipe.set_defaults(func=_pipeline.run)
+    dist = sub.add_parser("distributed", help="multi-process jobs under torchrun (capsid.distributed.run): "
+                                              "`bench` times sharded tokenization, Stage 2 and evaluation")
+    from .distributed import run as _dist_run
+    _dist_run.add_arguments(dist)
+    dist.set_defaults(func=_dist_run.run)
     info = sub.add_parser("info", help="versions, GPU, and which backend serves which op")
     info.set_defaults(func=cmd_info)
     return parser

@@ -36,7 +36,14 @@ def ranking_metrics(ranked: np.ndarray, target: np.ndarray, ks: Iterable[int] = 
     ks = list(ks)
     if ranked.shape[1] < max(ks, default=0):
         raise ValueError(f"ranked lists hold {ranked.shape[1]} items; Recall@{max(ks)} needs at least that many")
-    rank = target_rank(ranked, target)
+    return metrics_from_rank(target_rank(ranked, target), target, ks, masks, tier_k)
+
+
+def metrics_from_rank(rank: np.ndarray, target: np.ndarray, ks: Iterable[int] = (5, 10),
+                      masks: Optional[dict[str, np.ndarray]] = None, tier_k: int = 10) -> dict:
+    """`ranking_metrics` from each query's 0-based target rank (`target_rank`): what sharded
+    evaluation gathers, so its numbers come out of this same code (capsid.distributed)."""
+    ks = list(ks)
     out = {}
     for k in ks:
         out[f"recall@{k}"] = recall_at(rank, k)

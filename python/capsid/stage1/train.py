@@ -32,6 +32,7 @@ from ..bpe import (
     base_vocab_size,
     bpe_loss,
     build_merge_table,
+    check_item_weights,
     count_pairs,
     select_candidates,
     to_global,
@@ -43,6 +44,7 @@ from ..tokenizer.forward import forward_all_depths
 from ..tokenizer.hamr import HaMRConfig, hamr_from_config, routing_embedding, sids_from_tokens
 from .init import InitConfig, data_init
 from .checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint, write_atomic
+from ..distributed.gather import gather_forward
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ def train_stage1(
     resume: bool = True,
     show_progress: bool = True,
     on_epoch_end: Optional[Callable[[dict], None]] = None,
+    dist=None,
 ) -> Stage1Result:
     """Train `tokenizer` (and the merge gate) on item vectors x [N, d] in place.
 
@@ -170,15 +173,15 @@ def train_stage1(
     With `out_dir`, writes `stage1.safetensors` (checkpoint) and `stage1_log.jsonl` there
     after every epoch, and resumes from the checkpoint when `resume`. Ends with the best
     epoch's parameters loaded. x's device is the training device.
+    `dist`: a capsid.distributed.DistContext under torchrun: each rank routes its slice of
+    every global batch, the losses are those of the whole batch, only rank 0 writes.
     """
     from tqdm import tqdm
 
     start_time = time.perf_counter()
     device = x.device
     n = x.shape[0]
-    item_weights = np.asarray(item_weights, dtype=np.float64)
-    if item_weights.shape != (n,):
-        raise ValueError(f"item_weights: expected shape ({n},), got {item_weights.shape}")
+    item_weights = check_item_weights(item_weights, n)  # shape (n,), finite, >= 0; errors name the item
     c = tokenizer.config
     gate = gate if gate is not None else MergeGate(c.d, cfg.bpe.gate_hidden, seed=cfg.seed)
     tokenizer.to(device)
@@ -211,6 +214,8 @@ def train_stage1(
         history, best_val, best_epoch = meta["history"], meta["best_val"], meta["best_epoch"]
         init_summary = meta.get("init")
         bad_epochs, first_epoch = meta["bad_epochs"], meta["epoch"] + 1
+    if dist is not None:
+        dist.broadcast_modules(tokenizer, gate)
 
     x = x.to(torch.float32)
     x_digest = _digest(x)
@@ -238,8 +243,10 @@ def train_stage1(
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            batch = x[idx]
+            batch = x[idx] if dist is None else x[dist.shard(idx)]
             a = forward_all_depths(tokenizer, batch, need_weights=cfg.lambda_spread > 0 or cfg.hamr is not None)
+            if dist is not None:
+                a = gather_forward(a, dist, idx.numel())
             l_route = losses.route_loss(a.x0, a.x_hat)
             l_len = losses.length_loss(a.confidence, a.residual_norm, c.tau, c.eps)
             centres = [m.centres() for m in tokenizer.layers]
@@ -261,6 +268,8 @@ def train_stage1(
                 sums["hamr"] += float(l_hamr.detach())
             opt.zero_grad(set_to_none=True)
             total.backward()
+            if dist is not None:
+                dist.average_gradients(params)
             opt.step()
             for name, v in (("route", l_route), ("spread", l_spread), ("len", l_len), ("bpe", l_bpe), ("total", total)):
                 sums[name] += float(v.detach())
@@ -289,7 +298,7 @@ def train_stage1(
                         len=f"{record['train_len']:.3f}", bpe=f"{record['train_bpe']:.3f}", val=f"{val:.4f}",
                         L=f"{diag['mean_length']:.2f}")
         stopped = bad_epochs >= cfg.patience
-        if ckpt is not None:
+        if ckpt is not None and (dist is None or dist.is_writer):
             opt_tensors, opt_meta = flatten_optimizer(opt)
             meta = {"config": cfg.to_dict(), "n_items": n, "vectors": x_digest, "epoch": epoch, "history": history,
                     "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,

@@ -68,8 +68,13 @@ def load_trainable(model: Generator, adapter: Optional[RoutingAdapter], tensors:
                     params[k[len(prefix) + 8:]].copy_(v)
 
 
-def validation_recall(rec: Recommender, split: Split, users: np.ndarray, cfg: Stage2Config) -> float:
+def validation_recall(rec: Recommender, split: Split, users: np.ndarray, cfg: Stage2Config, dist=None) -> float:
     hist = [split.valid.history[u, : split.valid.length[u]] for u in users]
+    if dist is not None:
+        from ..distributed.evaluate import evaluate_sharded
+
+        return evaluate_sharded(rec, hist, split.valid.target[users], dist, ks=(10,), num_beams=cfg.num_beams,
+                                batch_size=cfg.eval_batch_size)["recall@10"]
     ranked, _ = rec.recommend(hist, num_beams=cfg.num_beams, top_k=10, batch_size=cfg.eval_batch_size)
     return ranking_metrics(ranked, split.valid.target[users], ks=(10,))["recall@10"]
 
@@ -77,7 +82,10 @@ def validation_recall(rec: Recommender, split: Split, users: np.ndarray, cfg: St
 def train_stage2(model: Generator, items: ItemTokenization, split: Split, popularity: np.ndarray,
                  cfg: Stage2Config = Stage2Config(), *, device=None, out_dir: Optional[Path] = None,
                  resume: bool = True, show_progress: bool = True,
-                 on_epoch_end: Optional[Callable[[dict], None]] = None) -> Stage2Result:
+                 on_epoch_end: Optional[Callable[[dict], None]] = None, dist=None) -> Stage2Result:
+    """`dist`: a capsid.distributed.DistContext under torchrun: each rank takes its slice of
+    every global batch, gradients are summed with each rank's token share as weight (so they
+    equal one process's), validation users are sharded, only rank 0 writes."""
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -118,6 +126,8 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
         restore_optimizer(opt, tensors, meta["optimizer"])
         history, best, best_epoch, bad = meta["history"], meta["best"], meta["best_epoch"], meta["bad"]
         first = meta["epoch"] + 1
+    if dist is not None:
+        dist.broadcast_modules(model, adapter)
 
     stopped = bad >= cfg.patience
     bar = tqdm(range(first, cfg.epochs), desc="stage 2", unit="epoch", disable=not show_progress or stopped)
@@ -125,6 +135,8 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
         if stopped:
             break
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        if dist is not None:
+            dist.reseed(cfg.seed * 1_000_003 + epoch)
         order = samples[torch.randperm(len(samples), generator=torch.Generator().manual_seed(
             cfg.seed * 7_919 + epoch)).numpy()]
         batches = bucketed_batches(order, cfg.batch_size, cfg.max_history, cfg.length_buckets,
@@ -135,7 +147,7 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
             lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total))
             for group in opt.param_groups:
                 group["lr"] = lr
-            hist, target = sample_batch(split.train, chosen, cfg.max_history)
+            hist, target = sample_batch(split.train, chosen if dist is None else dist.shard(chosen), cfg.max_history)
             b = make_batch(path_matrix, hist, target, cfg.max_history).to(device)
             with autocast(device):
                 logits = model(embed_batch(model, inputs, b), b.positions, b.sid_pos, b.key_valid)
@@ -143,17 +155,24 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
             loss = F.cross_entropy(logits[:, b.prefix_len - 1:].float().reshape(-1, logits.shape[-1]),
                                    lab.reshape(-1), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if dist is None:
+                loss.backward()
+            else:
+                share = dist.local_weight(int((lab != IGNORE).sum()))  # 0 for an empty slice, whose loss is NaN
+                (loss * share if share else logits.sum() * 0.0).backward()
+                dist.sum_gradients(params)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             n_tok = int((lab != IGNORE).sum())
-            loss_sum += float(loss.detach()) * n_tok
+            loss_sum += float(loss.detach()) * n_tok if n_tok else 0.0
             tok_sum += n_tok
+        if dist is not None:
+            loss_sum, tok_sum = dist.sum_floats(loss_sum, tok_sum)
         record = {"epoch": epoch, "lr_end": lr, "train_loss": loss_sum / max(tok_sum, 1),
                   "seconds": time.perf_counter() - start}
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
-            val = validation_recall(rec, split, val_users, cfg)
+            val = validation_recall(rec, split, val_users, cfg, dist)
             record["val_recall@10"] = val
             if val > best:
                 best, best_epoch, bad = val, epoch, 0
@@ -167,7 +186,7 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record.get('val_recall@10', float('nan')):.4f}",
                         best=f"{best:.4f}")
-        if ckpt is not None:
+        if ckpt is not None and (dist is None or dist.is_writer):
             opt_t, opt_m = flatten_optimizer(opt)
             meta = {**meta_key, "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
                     "bad": bad, "optimizer": opt_m}
