@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 .PHONY: run test bootstrap gpu-check clean
 
 run: bootstrap
-	$(VENV)/bin/capsid run
+	$(VENV)/bin/capsid pipeline --tokenizer capsid rqkmeans --seeds 0 1 2
 
 test: bootstrap
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .jobs.tokenizers import ALIASES, BASELINES, TOKENIZERS, canonical, capsid_variant
 
 VARIANTS = TOKENIZERS
@@ -253,7 +254,7 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     items, info = tokenize_catalogue(variant, x, data, args, seed, device, run_dir)
-    (run_dir / "item_paths.json").write_text(json.dumps({"vocab_size": items.vocab_size, "paths": items.paths,
+    write_text_atomic(run_dir / "item_paths.json", json.dumps({"vocab_size": items.vocab_size, "paths": items.paths,
                                                          "merges": items.merges}))
     t1 = time.perf_counter()
     g_over = dict(preset["generator"])
@@ -277,7 +278,7 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
            "val_recall@10": res.best_val_recall10, **metrics,
            "seconds": {"tokenizer": t1 - t0, "stage2": t2 - t1, "eval": t3 - t2, "total": t3 - t0},
            "generator": gcfg.to_dict(), "stage2": s2.to_dict()}
-    (run_dir / "results.json").write_text(json.dumps(out, indent=1))
+    write_text_atomic(run_dir / "results.json", json.dumps(out, indent=1))
     return out
 
 
@@ -368,8 +369,8 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     header = (f"dataset {data.name}, device {rows[0]['device_name']}, preset {args.preset}, seeds {args.seeds}, "
               f"beam {args.beams}, torch threads {torch.get_num_threads()}, wall-clock {time.perf_counter() - start:.0f} s")
-    (out / "results.md").write_text(header + "\n\n" + table + "\n")
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    write_text_atomic(out / "results.md", header + "\n\n" + table + "\n")
+    write_text_atomic(out / "results.json", json.dumps(rows, indent=1))
     print(header)
     print(table)
     return 0
