@@ -49,11 +49,24 @@ class Recommender:
         ids = torch.arange(self.items.n_items, device=self.device)
         return self.inputs.rows(self.model.tok.weight, ids)
 
-    def _prefix(self, rows: Tensor, histories: Sequence[np.ndarray]):
+    # Input rows of the whole catalogue are built once per `recommend` when they fit in this
+    # many bytes (fast for catalogues up to a few million items); above it, each chunk builds
+    # the rows of its own history items only, so memory no longer grows with the catalogue
+    # (35.8M items x 7 tokens x 128 x 4 B would be 128 GB).
+    rows_budget_bytes = 2 << 30
+
+    def catalogue_rows(self) -> Optional[Tensor]:
+        h = self.model.tok.weight.shape[1]
+        if self.items.n_items * self.path_matrix.shape[1] * h * 4 > self.rows_budget_bytes:
+            return None
+        return self.item_rows()
+
+    def _prefix(self, rows: Optional[Tensor], histories: Sequence[np.ndarray]):
         b = make_batch(self.path_matrix, histories, None, self.max_history).to(self.device)
         emb = self.model.embed(b.tokens)
         if b.unique.numel():
-            hist = rows[b.unique][b.hist_slot.clamp(min=0), b.hist_pos]
+            own = rows[b.unique] if rows is not None else self.inputs.rows(self.model.tok.weight, b.unique)
+            hist = own[b.hist_slot.clamp(min=0), b.hist_pos]
             emb = torch.where((b.hist_slot >= 0)[..., None], hist, emb)
         return emb, b
 
@@ -63,7 +76,7 @@ class Recommender:
         """Top-K item ids [Q, K] (-1 past the last item found) and timing stats."""
         self.model.eval()
         top_k = top_k or num_beams
-        rows = self.item_rows()
+        rows = self.catalogue_rows()
         out = np.full((len(histories), top_k), -1, np.int64)
         steps = self.trie.max_len + 1
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
@@ -79,7 +92,7 @@ class Recommender:
                      "latency_ms_per_batch_step": 1e3 * seconds / (-(-q // batch_size) * steps),
                      "steps": steps, "num_beams": num_beams, "batch_size": batch_size}
 
-    def decode_chunk(self, rows: Tensor, histories, num_beams: int, top_k: int, backend: str) -> np.ndarray:
+    def decode_chunk(self, rows: Optional[Tensor], histories, num_beams: int, top_k: int, backend: str) -> np.ndarray:
         model, b = self.model, num_beams
         emb, batch = self._prefix(rows, histories)
         q = len(histories)
