@@ -57,3 +57,21 @@ def test_variant_settings_cover_the_ablations():
     assert st1["lambda_bpe"] == 0.0 and not merges
     assert pipeline.variant_settings("capsid+bpe", base)[3]
     assert pipeline.variant_settings("capsid-hamr", base)[1]["hamr"].m_full == 0.8
+
+
+def test_set_overrides_parse_apply_and_reject_unknown_fields():
+    import argparse
+
+    from capsid.pipeline import PRESETS, parse_override, preset_settings
+
+    assert parse_override("stage2.epochs=5") == ("stage2", "epochs", 5)
+    assert parse_override("stage2.soft_inputs=true") == ("stage2", "soft_inputs", True)
+    assert parse_override("stage2.routing_precision=tf32") == ("stage2", "routing_precision", "tf32")
+    with pytest.raises(argparse.ArgumentTypeError, match="SECTION.FIELD=VALUE"):
+        parse_override("epochs=5")
+    args = argparse.Namespace(preset="cpu", set=[("stage2", "epochs", 3), ("tokenizer", "capsules", 16)])
+    got = preset_settings(args)
+    assert got["stage2"]["epochs"] == 3 and got["tokenizer"]["capsules"] == 16
+    assert PRESETS["cpu"]["stage2"]["epochs"] != 3  # the preset itself is not modified
+    with pytest.raises(ValueError, match="stage2.nope: unknown field"):
+        preset_settings(argparse.Namespace(preset="cpu", set=[("stage2", "nope", 1)]))

@@ -98,8 +98,26 @@ def preset_settings(args) -> dict:
     config class that receives them, naming the field)."""
     preset = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[args.preset].items()}
     for section, field, value in getattr(args, "set", None) or ():
+        known = {f.name for f in dataclasses.fields(_section_class(section))}
+        if field not in known:
+            raise ValueError(f"--set {section}.{field}: unknown field; {section} has {', '.join(sorted(known))}")
         preset[section][field] = value
     return preset
+
+
+def _section_class(section: str):
+    import capsid_kernels as ck
+
+    from .baselines import GAOQConfig, RQKMeansConfig, RQVAEConfig
+    from .bpe import SemanticBPEConfig
+    from .data import SyntheticConfig
+    from .generator import GeneratorConfig
+    from .stage1 import Stage1Config
+    from .stage2 import Stage2Config
+
+    return {"synthetic": SyntheticConfig, "tokenizer": ck.CapsIDConfig, "stage1": Stage1Config,
+            "bpe": SemanticBPEConfig, "generator": GeneratorConfig, "stage2": Stage2Config,
+            "rqkmeans": RQKMeansConfig, "gaoq": GAOQConfig, "rqvae": RQVAEConfig}[section]
 
 
 def _device(name: str):
@@ -352,6 +370,7 @@ def run(args) -> int:
     if threads:
         torch.set_num_threads(threads)
     device = _device(args.device)
+    preset_settings(args)  # unknown --set fields fail here, before any work
     start = time.perf_counter()
     data = load_data(args)
     x, vinfo = item_vectors(data, args, device)
