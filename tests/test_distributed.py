@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 
 # ---- shared fixtures (built identically in the parent and in each child) --------------------
-def _stage1_setup():
+def _stage1_setup(batch_size: int = 42):
     import capsid_kernels as ck
     from capsid.data import SyntheticConfig, make_synthetic
     from capsid.stage1 import Stage1Config
@@ -45,11 +45,14 @@ def _stage1_setup():
     x, w = torch.as_tensor(data.item_vectors), data.popularity().astype(float)
     tok = ck.CapsIDTokenizer(ck.CapsIDConfig(d=32, capsules=12, capsule_dim=16, max_length=4, tau=0.82, eps=0.08),
                              seed=5)
-    # 180 training items in batches of 42: the last global batch has 12 (slices of 6 and 6)
-    return tok, x, w, Stage1Config(epochs=2, batch_size=42, lr=1e-2, val_fraction=0.1)
+    # 180 training items in batches of 42: the last global batch has 12 (slices of 6 and 6);
+    # in batches of 179 the last has 1 item, so one rank's slice is empty
+    return tok, x, w, Stage1Config(epochs=2, batch_size=batch_size, lr=1e-2, val_fraction=0.1)
 
 
-def _stage2_setup():
+def _stage2_setup(**overrides):
+    import dataclasses
+
     from capsid.generator import Generator, GeneratorConfig
     from capsid.stage2 import Stage2Config
     from test_generator import tiny_capsid
@@ -59,6 +62,7 @@ def _stage2_setup():
     data = deterministic_dataset(n_users=60)
     cfg = Stage2Config(epochs=2, lr=1e-2, batch_size=48, eval_every=1, num_beams=10, val_users=30,
                        eval_batch_size=7, max_history=5, length_buckets=2)
+    cfg = dataclasses.replace(cfg, **overrides)
     # dropout 0: a sharded batch cannot reproduce one process's dropout draws
     model = Generator(items.vocab_size, GeneratorConfig(layers=2, heads=2, hidden=32, ffn=64, dropout=0.0,
                                                         max_positions=128),
@@ -85,6 +89,40 @@ class _Stop(Exception):
 def _stop_after_first(record):
     if record["epoch"] == 0:
         raise _Stop
+
+
+# Runs where one of the two ranks holds an empty slice: 300 Stage-2 samples in batches of 299
+# (the last batch has 1 sample) and 1 validation user; a 1-item catalogue; 3 users in one chunk.
+S1_TINY_BATCH = 179
+S2_TINY = {"batch_size": 299, "length_buckets": 1, "val_users": 1}
+TINY_TOKENIZE_N, TINY_EVAL_Q = 1, 3
+
+
+def _empty_slice_jobs(dist, out: str) -> None:
+    from capsid.distributed.evaluate import evaluate_sharded
+    from capsid.distributed.tokenize import tokenize_sharded
+    from capsid.stage1 import train_stage1
+    from capsid.stage2 import train_stage2
+
+    tok, x, w, cfg = _stage1_setup(S1_TINY_BATCH)
+    res = train_stage1(tok, x, w, cfg, show_progress=False, dist=dist)
+    if dist.is_writer:
+        torch.save({"history": res.history, "state": tok.state_dict()}, os.path.join(out, "s1_tiny.pt"))
+    items, data, cfg2, model = _stage2_setup(**S2_TINY)
+    res2 = train_stage2(model, items, data.split(max_history=cfg2.max_history), data.popularity(), cfg2,
+                        show_progress=False, dist=dist)
+    if dist.is_writer:
+        torch.save({"history": res2.history, "state": model.state_dict()}, os.path.join(out, "s2_tiny.pt"))
+    tok, _, _, _ = _stage1_setup()
+    xs = torch.randn(1000, 32, generator=torch.Generator().manual_seed(1))[:TINY_TOKENIZE_N]
+    got = tokenize_sharded(tok, xs, dist, batch_size=96, fields=("sids", "lengths", "stop_reason", "recon"))
+    rec, hist, target, tiers = _eval_setup()
+    metrics = evaluate_sharded(rec, hist[:TINY_EVAL_Q], target[:TINY_EVAL_Q], dist, tiers=tiers, ks=(1, 5, 10),
+                               num_beams=10, batch_size=8)
+    if dist.is_writer:
+        torch.save(got, os.path.join(out, "tok_tiny.pt"))
+        with open(os.path.join(out, "eval_tiny.json"), "w") as f:
+            json.dump(metrics, f)
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -129,6 +167,14 @@ def _worker(rank: int, port: int, out: str) -> None:
             with open(os.path.join(out, "eval.json"), "w") as f:
                 json.dump(metrics, f)
         dist.barrier()
+        # resume a one-process Stage-1 checkpoint (written by the parent) on two processes
+        tok, x, w, cfg = _stage1_setup()
+        res = train_stage1(tok, x, w, cfg, out_dir=os.path.join(out, "s1_grow"), show_progress=False, dist=dist)
+        if dist.is_writer:
+            torch.save({"history": res.history, "state": tok.state_dict()}, os.path.join(out, "s1_grow.pt"))
+        dist.barrier()
+        _empty_slice_jobs(dist, out)
+        dist.barrier()
     finally:
         dist.close()
 
@@ -138,7 +184,18 @@ def two_process_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     import torch.multiprocessing as mp
 
+    from capsid.stage1 import train_stage1
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # a one-process Stage-1 run stopped after epoch 0, which the children resume on two
+        tok, x, w, cfg = _stage1_setup()
+        train_stage1(tok, x, w, cfg, out_dir=out / "s1_grow", show_progress=False, on_epoch_end=_stop_after_first)
+    except _Stop:
+        pass
+    finally:
+        torch.set_num_threads(before)
     mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
     return out
 
@@ -244,3 +301,71 @@ def test_sharded_evaluation_equals_one_process(two_process_run, one_thread):
     for k in keys:
         assert got[k] == want[k] or (np.isnan(got[k]) and np.isnan(want[k])), k
     assert got["queries"] == want["queries"] == 37 and got["world"] == WORLD
+
+
+# ---- a one-process checkpoint resumed on two processes ---------------------------------------
+def test_stage1_resumes_a_one_process_checkpoint_in_two(two_process_run, one_thread):
+    from capsid.stage1 import load_checkpoint, train_stage1
+
+    tok, x, w, cfg = _stage1_setup()
+    straight = train_stage1(tok, x, w, cfg, show_progress=False)
+    got = torch.load(two_process_run / "s1_grow.pt")
+    assert [h["epoch"] for h in got["history"]] == [0, 1]
+    _close_histories(got["history"], straight.history, STAGE1_KEYS)
+    _close_states(got["state"], tok.state_dict())
+    _, meta = load_checkpoint(two_process_run / "s1_grow" / "stage1.safetensors")
+    assert meta["epoch"] == 1
+
+
+# ---- a rank whose slice is empty ---------------------------------------------------------------
+def test_empty_slices_are_the_sharding_rule():
+    # what the runs below rely on: one of the two ranks gets nothing
+    assert shard_bounds(1, WORLD, 0) == (0, 0) and shard_bounds(1, WORLD, 1) == (0, 1)
+    assert shard_bounds(TINY_EVAL_Q, WORLD, 0, 8) == (0, 0)
+
+
+def test_stage1_final_batch_of_one_item(two_process_run, one_thread):
+    from capsid.stage1 import train_stage1
+
+    tok, x, w, cfg = _stage1_setup(S1_TINY_BATCH)
+    assert (180 % cfg.batch_size) == 1
+    res = train_stage1(tok, x, w, cfg, show_progress=False)
+    got = torch.load(two_process_run / "s1_tiny.pt")
+    _close_histories(got["history"], res.history, STAGE1_KEYS)
+    _close_states(got["state"], tok.state_dict())
+
+
+def test_stage2_final_batch_of_one_sample_and_one_validation_user(two_process_run, one_thread):
+    from capsid.stage2 import train_stage2
+
+    items, data, cfg, model = _stage2_setup(**S2_TINY)
+    res = train_stage2(model, items, data.split(max_history=cfg.max_history), data.popularity(), cfg,
+                       show_progress=False)
+    got = torch.load(two_process_run / "s2_tiny.pt")
+    _close_histories(got["history"], res.history, ("train_loss",))
+    assert [h["val_recall@10"] for h in got["history"]] == [h["val_recall@10"] for h in res.history]
+    _close_states(got["state"], model.state_dict())
+
+
+def test_sharded_tokenization_of_fewer_items_than_ranks(two_process_run, one_thread):
+    from capsid.stage1.train import tokenize_items
+
+    tok, _, _, _ = _stage1_setup()
+    xs = torch.randn(1000, 32, generator=torch.Generator().manual_seed(1))[:TINY_TOKENIZE_N]
+    want = tokenize_items(tok, xs, 96)
+    got = torch.load(two_process_run / "tok_tiny.pt")
+    for field in ("sids", "lengths", "stop_reason", "recon"):
+        assert torch.equal(got[field], getattr(want, field)), field
+
+
+def test_sharded_evaluation_with_an_idle_rank(two_process_run, one_thread):
+    from capsid.eval import evaluate
+
+    rec, hist, target, tiers = _eval_setup()
+    want = evaluate(rec, hist[:TINY_EVAL_Q], target[:TINY_EVAL_Q], tiers=tiers, ks=(1, 5, 10), num_beams=10,
+                    batch_size=8, token_metrics=False)
+    got = json.loads((two_process_run / "eval_tiny.json").read_text())
+    keys = [k for k in want if k.startswith(("recall", "ndcg")) or "_recall@" in k or k.endswith("_queries")]
+    for k in keys:
+        assert got[k] == want[k] or (np.isnan(got[k]) and np.isnan(want[k])), k
+    assert got["queries"] == want["queries"] == TINY_EVAL_Q

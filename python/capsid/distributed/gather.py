@@ -52,7 +52,8 @@ def gather_forward(out: T, dist: DistContext, n: int) -> T:
         parts = value if isinstance(value, tuple) else (value,)
         for p in parts:
             if p is not None and p.is_floating_point():
-                floats.append(p.reshape(p.shape[0], -1))
+                # explicit width: reshape(0, -1) is ambiguous for a rank whose slice is empty
+                floats.append(p.reshape(p.shape[0], math.prod(p.shape[1:])))
     if floats:
         dtype = torch.promote_types(floats[0].dtype, floats[-1].dtype)
         for f in floats:
