@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .route_fwd import _pow2, _round_tf32, _squash_scale, acc_dtype, fp32_dot, pack_layer
+from .route_fwd import _pow2, _round_tf32, _squash_scale, acc_dtype, fp32_dot, launch as _launch, pack_layer
 
 
 @triton.jit
@@ -313,28 +313,6 @@ def bwd_config(d: int, dc: int, dtype: torch.dtype, device_type: str) -> dict:
     stages = int(env("STAGES", 2 if bf16 else 1))
     pair = env("PAIR", "1" if dtype == torch.bfloat16 and not wide else "0") == "1"
     return dict(BM=bm, BD=bd, BC=bc, num_warps=warps, num_stages=stages, PAIR=pair)
-
-
-_WORKING: dict = {}  # (kernel, shapes, constexprs) -> the config that launched
-
-
-def _launch(kernel, grid_fn, args: tuple, consts: dict, cfg: dict, key: tuple, tail=None) -> dict:
-    """Launch with ``cfg`` (grid from ``grid_fn(cfg)``, last arguments from ``tail(cfg)``); on
-    OutOfResources retry with fewer pipeline stages, then smaller item tiles; remember what worked."""
-    cfg = dict(_WORKING.get(key, cfg))
-    while True:
-        try:
-            kernel[grid_fn(cfg)](*args, *(tail(cfg) if tail else ()), **consts, **cfg)
-            _WORKING[key] = cfg
-            return cfg
-        except triton.runtime.errors.OutOfResources:
-            if cfg["num_stages"] > 1:
-                cfg["num_stages"] -= 1
-            elif cfg["BM"] > 16:
-                cfg["BM"] //= 2
-                cfg["num_warps"] = max(4, cfg["num_warps"] // 2)
-            else:
-                raise
 
 
 def weight_splits(n_tiles: int, programs: int, device: torch.device) -> int:

@@ -242,19 +242,20 @@ def route_fwd_kernel(
             tl.store(z_ptr + rows64[:, None] * d + offs_d[None, :], zo, mask=xmask)
 
 
-_WORKING: dict = {}  # (d, dc, dtype, constexprs) -> the config that launched
+_WORKING: dict = {}  # (kernel tag, shapes, constexprs) -> the config that launched
 
 
-def _launch(grid_rows: int, args: tuple, consts: dict, cfg: dict, key: tuple) -> None:
-    """Launch with ``cfg``; if the compiled kernel needs more shared memory than the GPU has,
-    retry with fewer pipeline stages, then smaller item tiles, and remember what worked."""
+def launch(kernel, grid_fn, args: tuple, consts: dict, cfg: dict, key: tuple, tail=None) -> dict:
+    """Launch ``kernel`` with ``cfg`` (grid from ``grid_fn(cfg)``, last arguments from
+    ``tail(cfg)``); if the compiled kernel needs more shared memory than the GPU has, retry with
+    fewer pipeline stages, then smaller item tiles, and remember what worked. Forward and
+    backward kernels share this loop and its cache (keys start with a per-kernel tag)."""
     cfg = dict(_WORKING.get(key, cfg))
     while True:
-        bm = cfg["BM"]
         try:
-            route_fwd_kernel[(triton.cdiv(grid_rows, bm),)](*args, **consts, **cfg)
+            kernel[grid_fn(cfg)](*args, *(tail(cfg) if tail else ()), **consts, **cfg)
             _WORKING[key] = cfg
-            return
+            return cfg
         except triton.runtime.errors.OutOfResources:
             if cfg["num_stages"] > 1:
                 cfg["num_stages"] -= 1
@@ -263,6 +264,10 @@ def _launch(grid_rows: int, args: tuple, consts: dict, cfg: dict, key: tuple) ->
                 cfg["num_warps"] = max(4, cfg["num_warps"] // 2)
             else:
                 raise
+
+
+def _launch(grid_rows: int, args: tuple, consts: dict, cfg: dict, key: tuple) -> None:
+    launch(route_fwd_kernel, lambda c: (triton.cdiv(grid_rows, c["BM"]),), args, consts, cfg, ("forward",) + key)
 
 
 def _pow2(n: int, lo: int = 16) -> int:
