@@ -58,7 +58,8 @@ def route_triton(
 
 @route_eager.register_fake
 @route_triton.register_fake
-def _(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm, tf32) -> _OutTuple:
+def route_fake(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm, tf32) -> _OutTuple:
+    """Output shapes and dtypes of every routing forward op (eager, triton, cuda)."""
     n, k, cd = r.shape[0], W.shape[0], compute_dtype(r.dtype)
     return (
         r.new_empty(n, dtype=cd),

@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ..reference import compute_dtype
-from .route import _backward, _OutTuple, _setup
+from .route import _backward, _OutTuple, _setup, route_fake
 
 DTYPES = (torch.float32, torch.bfloat16)
 # The kernel keeps one 128-item tile with d padded to 128 and d_c padded to 64/96/128 on chip.
@@ -83,18 +82,5 @@ def route_cuda(
     return forward(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm, tf32)
 
 
-@route_cuda.register_fake
-def _(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm, tf32) -> _OutTuple:
-    n, k, cd = r.shape[0], W.shape[0], compute_dtype(r.dtype)
-    return (
-        r.new_empty(n, dtype=cd),
-        torch.empty_like(r),
-        torch.empty_like(r),
-        r.new_empty((n, k) if need_weights else (0,), dtype=cd),
-        r.new_empty(n if need_onorm else 0, dtype=cd),
-        r.new_empty(n, dtype=torch.int64),
-        r.new_empty(n, dtype=torch.int64),
-    )
-
-
+route_cuda.register_fake(route_fake)
 route_cuda.register_autograd(_backward, setup_context=_setup)
