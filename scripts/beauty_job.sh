@@ -3,7 +3,8 @@
 # Usage: bash scripts/beauty_job.sh "<variant> <seed> [pipeline flags]" ...
 #   e.g. "capsid 0" "rqkmeans 0" "capsid 0 --set tokenizer.tau=0.95"  (a run with flags is filed as <variant>-<n>)
 # Env: PRESET (gpu), JOB_TIMEOUT (540 s per run), EXTRA (more `capsid pipeline` flags), DATA (.data/amazon-beauty),
-# VECTORS (.data/beauty_vectors.npy). Logs and results under $OUT.
+# VECTORS (.data/beauty_vectors.npy), S2_SECONDS (Stage 2's time budget per run, stage2.max_seconds; unset = none).
+# Logs and results under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./gpu-logs}
@@ -20,7 +21,7 @@ for job in "$@"; do
   n=$((n + 1)); tag=$v; [ $# -gt 0 ] && tag="$v-$n"
   out="$OUT/runs"; [ $# -gt 0 ] && out="$OUT/runs-$n"
   timeout "${JOB_TIMEOUT:-540}" $PY -m capsid.cli pipeline --data "${DATA:-.data/amazon-beauty}" --vectors "${VECTORS:-.data/beauty_vectors.npy}" \
-    --tokenizer "$v" --seeds "$s" --preset "${PRESET:-gpu}" --device cuda --out "$out" ${EXTRA:-} "$@" \
+    --tokenizer "$v" --seeds "$s" --preset "${PRESET:-gpu}" --device cuda --out "$out" ${S2_SECONDS:+--set stage2.max_seconds=$S2_SECONDS} ${EXTRA:-} "$@" \
     > "$OUT/$tag-seed$s.log" 2>&1 &
   pids+=($!)
 done

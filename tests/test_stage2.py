@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,19 @@ def test_length_buckets_keep_every_sample_once_and_cut_padding():
     assert width(bucketed) < 0.6 * width(plain)
     again = bucketed_batches(samples, 64, 50, 8, np.random.default_rng(0))
     assert all(np.array_equal(a, b) for a, b in zip(bucketed, again))
+
+
+def test_time_budget_stops_after_a_validated_epoch_and_resumes_under_another(tmp_path):
+    items, _, _ = tiny_capsid(n=30, merges=False)
+    data = deterministic_dataset(n_users=40)
+    cfg = Stage2Config(epochs=6, lr=3e-3, batch_size=32, eval_every=4, num_beams=10, targets_per_user=2,
+                       max_seconds=0.0)
+    res, _ = _run(items, data, cfg, out_dir=tmp_path)
+    assert len(res.history) == 1 and res.history[0]["stopped_by"] == "time"
+    assert "val_recall@10" in res.history[0] and res.best_epoch == 0 and res.stopped_early
+    # the budget is not part of the run's identity: a longer one resumes the same checkpoint
+    more, _ = _run(items, data, dataclasses.replace(cfg, max_seconds=None), out_dir=tmp_path)
+    assert [r["epoch"] for r in more.history] == list(range(6))
+    assert more.history[0] == res.history[0]
+    with pytest.raises(ValueError, match="max_seconds"):
+        Stage2Config(max_seconds=-1.0)

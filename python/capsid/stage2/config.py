@@ -27,6 +27,11 @@ class Stage2Config:
     length_buckets: sort each run of this many shuffled batches by history length before
         batching, so rows are padded to similar lengths (1 = plain shuffled batches). Every
         sample is still seen once per epoch; only which samples share a batch changes.
+    max_seconds: a wall-clock budget for training (None = none): once an epoch ends past it,
+        that epoch is validated (if it was not already) and training stops with the best
+        state so far, recorded as `stopped_by = "time"`. A safety net for jobs with a hard
+        time limit (several runs sharing one GPU); it is not part of the run's identity, so
+        a checkpoint resumes under another budget.
     """
 
     epochs: int = 200
@@ -45,6 +50,7 @@ class Stage2Config:
     grad_clip: Optional[float] = 1.0
     length_buckets: int = 32
     routing_precision: str = "exact"
+    max_seconds: Optional[float] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,8 +60,14 @@ class Stage2Config:
                              f"must be >= 1, got {self}")
         if self.routing_precision not in ("exact", "tf32"):
             raise ValueError(f"routing_precision: expected 'exact' or 'tf32', got {self.routing_precision!r}")
+        if self.max_seconds is not None and not self.max_seconds >= 0:
+            raise ValueError(f"max_seconds: expected None or a number >= 0, got {self.max_seconds!r}")
         if self.num_beams < 10:
             raise ValueError(f"num_beams={self.num_beams}: validation Recall@10 needs a beam of at least 10")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        """The settings a checkpoint must match to be resumed (all but the time budget)."""
+        return {k: v for k, v in self.to_dict().items() if k != "max_seconds"}

@@ -115,7 +115,7 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
     best, best_epoch, bad, first = -1.0, -1, 0, 0
     best_state = {k: v.detach().clone() for k, v in trainable_state(model, adapter).items()}
     ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
-    meta_key = {"config": cfg.to_dict(), "generator": model.config.to_dict(), "items": items_fingerprint(items)}
+    meta_key = {"config": cfg.identity(), "generator": model.config.to_dict(), "items": items_fingerprint(items)}
     if ckpt is not None and resume and ckpt.is_file():
         tensors, meta = load_checkpoint(ckpt)
         if {k: meta.get(k) for k in meta_key} != json.loads(json.dumps(meta_key)):
@@ -171,7 +171,10 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
             loss_sum, tok_sum = dist.sum_floats(loss_sum, tok_sum)
         record = {"epoch": epoch, "lr_end": lr, "train_loss": loss_sum / max(tok_sum, 1),
                   "seconds": time.perf_counter() - start}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
+        out_of_time = cfg.max_seconds is not None and record["seconds"] > cfg.max_seconds
+        if out_of_time:
+            record["stopped_by"] = "time"
+        if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or out_of_time:
             val = validation_recall(rec, split, val_users, cfg, dist)
             record["val_recall@10"] = val
             if val > best:
@@ -180,6 +183,7 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
             else:
                 bad += 1
             stopped = bad >= cfg.patience
+        stopped = stopped or out_of_time
         if adapter is not None:
             record["gate_bias"] = float(adapter.gate_bias.detach())
         record["best_epoch"] = best_epoch
