@@ -11,6 +11,7 @@ from capsid.bpe import MergeTable
 from capsid.generator import (
     BOS,
     EOS,
+    PAD,
     IGNORE,
     Generator,
     GeneratorConfig,
@@ -20,6 +21,7 @@ from capsid.generator import (
     from_capsid,
     from_paths,
     make_batch,
+    make_sequence_batch,
 )
 
 # Tiny models: one intra-op thread avoids oversubscribing shared 2-core runners (conftest).
@@ -49,24 +51,28 @@ def tiny_capsid(n=30, d=16, merges=True, seed=0):
 def test_layout_and_labels():
     items = from_paths([[3, 4, EOS], [5, EOS], [3, 6, 7, EOS]], vocab_size=8)
     b = make_batch(items.paths, [np.array([0, 1]), np.array([2])], targets=[2, 1])
-    # row 0: [3 4 EOS 5 EOS BOS | 3 6 7], row 1 left-padded
+    # row 0: [BOS 3 4 EOS 5 EOS | 3 6 7], row 1 left-padded
     assert b.prefix_len == 6 and b.tokens.shape == (2, 9)
-    assert b.tokens[0].tolist() == [3, 4, EOS, 5, EOS, BOS, 3, 6, 7]
+    assert b.tokens[0].tolist() == [BOS, 3, 4, EOS, 5, EOS, 3, 6, 7]
     assert b.labels[0, 5:].tolist() == [3, 6, 7, EOS] and (b.labels[0, :5] == IGNORE).all()
-    assert b.tokens[1].tolist() == [0, 3, 6, 7, EOS, BOS, 5, 0, 0]
+    assert b.tokens[1].tolist() == [0, BOS, 3, 6, 7, EOS, 5, 0, 0]
     assert b.key_valid[1].tolist() == [False] + [True] * 6 + [False] * 2
     assert b.labels[1, 5:].tolist() == [5, EOS, IGNORE, IGNORE]
     assert b.positions[1, 1:7].tolist() == [0, 1, 2, 3, 4, 5]
-    assert b.sid_pos[0].tolist() == [1, 2, 3, 1, 2, 0, 1, 2, 3]
+    assert b.sid_pos[0].tolist() == [0, 1, 2, 3, 1, 2, 1, 2, 3]
     # history slots point at the right (item, position in path)
     u = b.unique.tolist()
-    assert [u[s] for s in b.hist_slot[0, :5].tolist()] == [0, 0, 0, 1, 1]
+    assert [u[s] for s in b.hist_slot[0, 1:6].tolist()] == [0, 0, 0, 1, 1]
+    assert b.hist_slot[0, 0] == -1 and b.hist_slot[0, 6:].eq(-1).all()
+    # an empty history: the prompt is BOS alone, which carries the first label
+    e = make_batch(items.paths, [np.zeros(0, np.int64)], targets=[1])
+    assert e.tokens[0].tolist() == [BOS, 5] and e.labels[0].tolist() == [5, EOS] and e.prefix_len == 1
 
 
 def test_history_truncated_to_most_recent():
     items = from_paths([[3, EOS], [4, EOS], [5, EOS]], vocab_size=6)
     b = make_batch(items.paths, [np.array([0, 1, 2])], max_history=2)
-    assert b.tokens[0].tolist() == [4, EOS, 5, EOS, BOS]
+    assert b.tokens[0].tolist() == [BOS, 4, EOS, 5, EOS]
 
 
 def _decode_logits(model, inputs, items, hist, path):
@@ -202,3 +208,42 @@ def test_positions_limit_is_explained():
     b = make_batch(items.paths, [np.zeros(5, dtype=np.int64)], None)
     with pytest.raises(ValueError, match="max_positions"):
         model(embed_batch(model, ItemInputs(items), b), b.positions, b.sid_pos, b.key_valid)
+
+
+def test_sequence_batch_layout_and_labels():
+    items = from_paths([[3, 4, EOS], [5, EOS], [3, 6, 7, EOS]], vocab_size=8)
+    b = make_sequence_batch(items.paths, [np.array([0, 1, 2]), np.array([1, 0]), np.array([2])])
+    assert b.prefix_len == 1 and b.tokens.shape == (3, 10)
+    assert b.tokens[0].tolist() == [BOS, 3, 4, EOS, 5, EOS, 3, 6, 7, EOS]
+    # item 1 (5 EOS) is predicted from item 0's EOS, item 2 from item 1's; item 0 is no target
+    assert b.labels[0].tolist() == [IGNORE] * 3 + [5, EOS, 3, 6, 7, EOS, IGNORE]
+    assert b.tokens[1].tolist() == [PAD] * 4 + [BOS, 5, EOS, 3, 4, EOS]
+    assert b.labels[1].tolist() == [IGNORE] * 6 + [3, 4, EOS, IGNORE]
+    assert (b.labels[2] == IGNORE).all() and b.tokens[2, -5:].tolist() == [BOS, 3, 6, 7, EOS]
+    assert b.sid_pos[0].tolist() == [0, 1, 2, 3, 1, 2, 1, 2, 3, 4]
+    assert b.positions[1, 4:].tolist() == [0, 1, 2, 3, 4, 5] and not b.key_valid[1, :4].any()
+    assert b.unique.numel() == 0 and (b.hist_slot == -1).all()
+
+
+def test_sequence_batch_logits_equal_prefix_rows():
+    """One whole-sequence row gives every target token the logits of its own prefix row."""
+    torch.manual_seed(0)
+    items, _, _ = tiny_capsid(n=30, merges=True)
+    model = Generator(items.vocab_size, TINY, token_init=items.token_init, has_init=items.has_init).double().eval()
+    inputs = ItemInputs(items)
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(0, 30, size=int(rng.integers(2, 7))) for _ in range(5)]
+    pm = items.path_matrix()
+
+    def label_logits(b):
+        logits = model(embed_batch(model, inputs, b), b.positions, b.sid_pos, b.key_valid)
+        lab = b.labels[:, b.prefix_len - 1:]
+        keep = lab != IGNORE
+        return logits[:, b.prefix_len - 1:][keep], lab[keep]
+
+    seq_logits, seq_lab = label_logits(make_sequence_batch(pm, seqs))
+    hist = [q[:t] for q in seqs for t in range(1, len(q))]
+    tgt = [int(q[t]) for q in seqs for t in range(1, len(q))]
+    pre_logits, pre_lab = label_logits(make_batch(pm, hist, tgt))
+    assert torch.equal(seq_lab, pre_lab)  # same targets, same order
+    torch.testing.assert_close(seq_logits, pre_logits, rtol=1e-10, atol=1e-10)

@@ -52,17 +52,19 @@ PRESETS = {
     # settings with a shorter training budget, and history items entering as hard token
     # embeddings (soft inputs route every history item through the adapted stack at every
     # step: ~55 s per Beauty epoch on an H100 against ~12 s at batch 256; --set
-    # stage2.soft_inputs=true). Stage 2 takes batches of 1024 at lr 1e-3 (SPEC: 256 at 3e-4):
-    # a step of this small generator costs about the same at either size (kernel launches
-    # dominate), and at 3e-4 the loss was still falling after 16 epochs (best epoch 11-15).
+    # stage2.soft_inputs=true). Stage 2 trains on whole sequences (every item a target, the
+    # same targets and logits as prefix rows, ~5x fewer tokens on Beauty), 256 sequences
+    # (~1.5k target items) per step at lr 1e-3: at SPEC's 3e-4 and 256 prefix rows the loss
+    # was still falling after 16 epochs (best epoch 11-15), and a step of this small
+    # generator costs about the same at either size (kernel launches dominate).
     "gpu": {
         "synthetic": {},
         "tokenizer": {},
         "stage1": {"epochs": 8, "patience": 2},
         "bpe": {},
         "generator": {},
-        "stage2": {"epochs": 24, "eval_every": 2, "patience": 2, "soft_inputs": False, "batch_size": 1024,
-                   "lr": 1e-3, "routing_precision": "tf32"},
+        "stage2": {"epochs": 40, "eval_every": 4, "patience": 2, "soft_inputs": False, "sequence_batches": True,
+                   "batch_size": 256, "lr": 1e-3, "routing_precision": "tf32"},
         "rqkmeans": {"levels": 3, "codes": 256},
         "gaoq": {},
         "rqvae": {"levels": 3, "codes": 256},

@@ -1,10 +1,16 @@
 """From (history, target) item lists to the generator's token layout (SPEC §6).
 
-Row layout, left-padded so every prefix ends at the same column:
-    PAD ... | item_1 tokens EOS | ... | item_n tokens EOS | BOS | t_1 ... t_m | PAD ...
-Labels (training) sit on BOS, t_1 .. t_m and are t_1 .. t_m, EOS: next-token cross entropy
-on the target item's tokens only. History tokens remember (item, position in path) so that
-soft inputs can replace their embeddings; the target's tokens always enter hard.
+Row layout, left-padded so every prompt ends at the same column:
+    PAD ... | BOS | item_1 tokens EOS | ... | item_n tokens EOS | t_1 ... t_m | PAD ...
+Labels (training) sit on the prompt's last token (item_n's EOS, or BOS for an empty history)
+and t_1 .. t_m, and are t_1 .. t_m, EOS: next-token cross entropy on the target item's tokens
+only. History tokens remember (item, position in path) so that soft inputs can replace their
+embeddings; the target's tokens always enter hard.
+
+BOS opens the row rather than closing the prompt, so a whole sequence
+`BOS item_1 EOS ... item_k EOS` holds every prefix prompt of it: `make_sequence_batch` trains
+on all its items at once (labels on items 2..k) with, under causal attention, the same logits
+as the k - 1 prefix rows of `make_batch` (test).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ class Batch:
     sid_pos: Tensor     # [B, T] 0 for PAD/BOS, j + 1 for the j-th token of an item
     key_valid: Tensor   # [B, T] bool
     labels: Optional[Tensor]  # [B, T] or None
-    prefix_len: int     # columns up to and including BOS
+    prefix_len: int     # columns of the prompt (BOS and the history); labels start at prefix_len - 1
 
     def to(self, device) -> "Batch":
         return Batch(**{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()})
@@ -62,7 +68,7 @@ def make_batch(paths, histories: Sequence[np.ndarray], targets: Optional[Sequenc
     occ_row = np.repeat(np.arange(rows), n_hist)
     per_occ = plen[occ]
     hist_tok = np.bincount(occ_row, weights=per_occ, minlength=rows).astype(np.int64)
-    tp = int(hist_tok.max(initial=0)) + 1  # + BOS
+    tp = int(hist_tok.max(initial=0)) + 1  # + BOS (first column of each row's prompt)
     tgt = pm[np.asarray(targets, np.int64)] if targets is not None else np.zeros((rows, 0), np.int64)
     tlen = plen[np.asarray(targets, np.int64)] if targets is not None else np.zeros(rows, np.int64)
     tt = int(max(tlen.max(initial=0) - 1, 0))  # target inputs: path without its EOS
@@ -72,16 +78,17 @@ def make_batch(paths, histories: Sequence[np.ndarray], targets: Optional[Sequenc
     hpos = np.zeros((rows, width), np.int64)
     sidp = np.zeros((rows, width), np.int64)
     valid = np.zeros((rows, width), bool)
-    # history tokens, right-aligned against BOS at column tp - 1
+    # BOS, then the history tokens right-aligned so the prompt ends at column tp - 1
     tok_occ = np.repeat(np.arange(len(occ)), per_occ)
     within = np.arange(len(tok_occ)) - np.repeat(np.cumsum(per_occ) - per_occ, per_occ)
     r = occ_row[tok_occ]
     row_start = np.cumsum(hist_tok) - hist_tok
-    col = tp - 1 - hist_tok[r] + (np.arange(len(tok_occ)) - row_start[r])
+    col = tp - hist_tok[r] + (np.arange(len(tok_occ)) - row_start[r])
     tokens[r, col], slot[r, col], hpos[r, col], sidp[r, col] = pm[occ[tok_occ], within], inverse[tok_occ], within, \
         within + 1
     valid[r, col] = True
-    tokens[:, tp - 1], valid[:, tp - 1] = BOS, True
+    bos = tp - 1 - hist_tok
+    tokens[np.arange(rows), bos], valid[np.arange(rows), bos] = BOS, True
     labels = None
     if targets is not None:
         j = np.arange(tt)
@@ -106,3 +113,44 @@ def embed_batch(model, inputs, batch: Batch) -> Tensor:
     rows = inputs.rows(model.tok.weight, batch.unique)  # [U, P, h]
     hist = rows[batch.hist_slot.clamp(min=0), batch.hist_pos]
     return torch.where((batch.hist_slot >= 0)[..., None], hist, emb)
+
+
+def make_sequence_batch(paths, sequences: Sequence[np.ndarray]) -> Batch:
+    """Whole sequences, every item after the first a target: rows `BOS item_1 EOS ... item_k EOS`
+    (left-padded), labels on the tokens of items 2..k (each predicted from the one before it:
+    item_j's first token from item_{j-1}'s EOS), IGNORE elsewhere. All tokens enter hard (no
+    history slots), so this is Stage 2's fast path for hard inputs. `prefix_len` is 1: the
+    loss reads every column."""
+    pm = as_path_matrix(paths)
+    plen = (pm != PAD).sum(1)
+    rows = len(sequences)
+    seqs = [np.asarray(q, dtype=np.int64) for q in sequences]
+    n_items = np.array([len(q) for q in seqs], np.int64)
+    occ = np.concatenate(seqs) if rows else np.zeros(0, np.int64)
+    occ_row = np.repeat(np.arange(rows), n_items)
+    first = np.zeros(len(occ), bool)
+    first[np.cumsum(n_items)[n_items > 0] - n_items[n_items > 0]] = True
+    per_occ = plen[occ]
+    row_tok = np.bincount(occ_row, weights=per_occ, minlength=rows).astype(np.int64) + 1  # + BOS
+    width = int(row_tok.max(initial=1))
+    tokens = np.full((rows, width), PAD, np.int64)
+    sidp = np.zeros((rows, width), np.int64)
+    valid = np.zeros((rows, width), bool)
+    labels = np.full((rows, width), IGNORE, np.int64)
+    tok_occ = np.repeat(np.arange(len(occ)), per_occ)
+    within = np.arange(len(tok_occ)) - np.repeat(np.cumsum(per_occ) - per_occ, per_occ)
+    r = occ_row[tok_occ]
+    row_start = np.cumsum(row_tok - 1) - (row_tok - 1)
+    col = width - (row_tok[r] - 1) + (np.arange(len(tok_occ)) - row_start[r])
+    tok = pm[occ[tok_occ], within]
+    tokens[r, col], sidp[r, col], valid[r, col] = tok, within + 1, True
+    bos = width - row_tok
+    tokens[np.arange(rows), bos], valid[np.arange(rows), bos] = BOS, True
+    target = ~first[tok_occ]
+    labels[r[target], col[target] - 1] = tok[target]
+    positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+    t = torch.as_tensor
+    empty = t(np.full((rows, width), -1, np.int64))
+    return Batch(tokens=t(tokens), hist_slot=empty, hist_pos=t(np.zeros((rows, width), np.int64)),
+                 unique=t(np.zeros(0, np.int64)), positions=t(positions), sid_pos=t(sidp), key_valid=t(valid),
+                 labels=t(labels), prefix_len=1)

@@ -27,6 +27,13 @@ class Stage2Config:
     length_buckets: sort each run of this many shuffled batches by history length before
         batching, so rows are padded to similar lengths (1 = plain shuffled batches). Every
         sample is still seen once per epoch; only which samples share a batch changes.
+    sequence_batches: train on whole sequences (`BOS item_1 EOS ... item_k EOS`, every item
+        after the first a target, `make_sequence_batch`) instead of one (prefix -> next item)
+        row per target. Same targets and, under causal attention, the same logits per target
+        (test); about len/2 times fewer tokens and len times fewer rows per epoch. A batch
+        then holds `batch_size` sequences (windows of <= max_history + 1 items), so an epoch
+        has fewer, larger steps. Hard inputs only: with soft inputs every item would be a
+        soft history input and a hard target at once.
     max_seconds: a wall-clock budget for training (None = none): once an epoch ends past it,
         that epoch is validated (if it was not already) and training stops with the best
         state so far, recorded as `stopped_by = "time"`. A safety net for jobs with a hard
@@ -50,6 +57,7 @@ class Stage2Config:
     grad_clip: Optional[float] = 1.0
     length_buckets: int = 32
     routing_precision: str = "exact"
+    sequence_batches: bool = False
     max_seconds: Optional[float] = None
     seed: int = 0
 
@@ -62,6 +70,14 @@ class Stage2Config:
             raise ValueError(f"routing_precision: expected 'exact' or 'tf32', got {self.routing_precision!r}")
         if self.max_seconds is not None and not self.max_seconds >= 0:
             raise ValueError(f"max_seconds: expected None or a number >= 0, got {self.max_seconds!r}")
+        if self.sequence_batches and self.soft_inputs:
+            raise ValueError("sequence_batches=True needs soft_inputs=False: in a whole-sequence row every item is "
+                             "both a history input (soft) and a target (hard)")
+        if self.sequence_batches and self.targets_per_user is not None:
+            raise ValueError("targets_per_user applies to prefix rows; with sequence_batches=True every item is a "
+                             f"target (got targets_per_user={self.targets_per_user})")
+        if self.sequence_batches and self.max_history < 1:
+            raise ValueError(f"sequence_batches=True needs max_history >= 1, got {self.max_history}")
         if self.num_beams < 10:
             raise ValueError(f"num_beams={self.num_beams}: validation Recall@10 needs a beam of at least 10")
 

@@ -22,6 +22,26 @@ def training_samples(train: Sequence[np.ndarray], per_user: Optional[int] = None
     return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
 
 
+def training_windows(train: Sequence[np.ndarray], max_history: int) -> np.ndarray:
+    """[S, 2] (user, end) for whole-sequence batches: window = train[user][start:end] with
+    start = max(0, end - max_history - 1); its items after the first are the targets. Windows
+    end at len, len - max_history, ... so every training item but each user's first is a
+    target exactly once, with at most `max_history` items (of its window) before it: the same
+    targets as `training_samples`, whose histories reach further back only for users with more
+    than max_history + 1 training items."""
+    if max_history < 1:
+        raise ValueError(f"max_history: whole-sequence batches need >= 1, got {max_history}")
+    rows = []
+    for u, seq in enumerate(train):
+        ends = np.arange(len(seq), 1, -max_history)
+        rows.append(np.stack([np.full(len(ends), u), ends], 1))
+    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
+
+
+def window_batch(train: Sequence[np.ndarray], windows: np.ndarray, max_history: int) -> list[np.ndarray]:
+    return [train[u][max(0, e - max_history - 1): e] for u, e in windows]
+
+
 def sample_batch(train: Sequence[np.ndarray], samples: np.ndarray, max_history: int):
     hist = [train[u][max(0, t - max_history): t] for u, t in samples]
     target = np.array([train[u][t] for u, t in samples], dtype=np.int64)
@@ -29,18 +49,21 @@ def sample_batch(train: Sequence[np.ndarray], samples: np.ndarray, max_history: 
 
 
 def bucketed_batches(order: np.ndarray, batch_size: int, max_history: int, bucket: int,
-                     rng: np.random.Generator) -> list[np.ndarray]:
+                     rng: np.random.Generator, lengths: Optional[np.ndarray] = None) -> list[np.ndarray]:
     """Split shuffled samples into batches of similar history length.
 
     Batches are padded to their longest row, so a random batch pays for one 50-item history
-    in every row. Each run of `bucket` consecutive batches of the shuffled order is sorted
+    in every row (`lengths`: each row's length when it is not its history's, order[:, 1]). Each run of `bucket` consecutive batches of the shuffled order is sorted
     by history length, cut into batches, and the batch order is then shuffled with `rng`:
     the epoch still sees every sample exactly once, in batches of `batch_size` (the last
     one of each run may be shorter). bucket <= 1 keeps the plain shuffled order.
     """
     if bucket <= 1:
         return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    hist_len = np.minimum(order[:, 1], max_history) if max_history else np.zeros(len(order), np.int64)
+    if lengths is not None:  # the row lengths of `order` (whole-sequence windows)
+        hist_len = lengths
+    else:
+        hist_len = np.minimum(order[:, 1], max_history) if max_history else np.zeros(len(order), np.int64)
     out = []
     span = bucket * batch_size
     for lo in range(0, len(order), span):

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 
 from ..data import Split
 from ..eval import Recommender, autocast, build_item_trie, ranking_metrics
-from ..generator import IGNORE, Generator, ItemInputs, ItemTokenization, RoutingAdapter, embed_batch, make_batch
+from ..generator import (IGNORE, Generator, ItemInputs, ItemTokenization, RoutingAdapter, embed_batch, make_batch,
+                         make_sequence_batch)
 from ..stage1.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint, write_atomic
 from .config import Stage2Config
-from .samples import bucketed_batches, sample_batch, training_samples
+from .samples import bucketed_batches, sample_batch, training_samples, training_windows, window_batch
 
 CHECKPOINT, LOG = "stage2.safetensors", "stage2_log.jsonl"
 
@@ -100,15 +101,21 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
     rec = Recommender(model, inputs, items, trie, cfg.max_history)
 
     path_matrix = items.path_matrix()
-    samples = training_samples(split.train, cfg.targets_per_user)
+    if cfg.sequence_batches:
+        samples = training_windows(split.train, cfg.max_history)
+    else:
+        samples = training_samples(split.train, cfg.targets_per_user)
     if len(samples) == 0:
         raise ValueError("Stage 2: the training split has no (history, next item) pair; every user needs >= 2 "
                          "training interactions somewhere")
     n_users = split.valid.target.shape[0]
     pick = np.random.default_rng(cfg.seed).permutation(n_users)
     val_users = np.sort(pick[: cfg.val_users] if cfg.val_users else pick)
+    def row_lengths(rows: np.ndarray) -> Optional[np.ndarray]:
+        return np.minimum(rows[:, 1], cfg.max_history + 1) if cfg.sequence_batches else None
+
     steps_per_epoch = len(bucketed_batches(samples, cfg.batch_size, cfg.max_history, cfg.length_buckets,
-                                           np.random.default_rng(0)))
+                                           np.random.default_rng(0), row_lengths(samples)))
     total = cfg.epochs * steps_per_epoch
 
     history: list[dict] = []
@@ -140,15 +147,19 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
         order = samples[torch.randperm(len(samples), generator=torch.Generator().manual_seed(
             cfg.seed * 7_919 + epoch)).numpy()]
         batches = bucketed_batches(order, cfg.batch_size, cfg.max_history, cfg.length_buckets,
-                                   np.random.default_rng(cfg.seed * 7_919 + epoch))
+                                   np.random.default_rng(cfg.seed * 7_919 + epoch), row_lengths(order))
         model.train()
         loss_sum, tok_sum = 0.0, 0
         for step, chosen in enumerate(batches):
             lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total))
             for group in opt.param_groups:
                 group["lr"] = lr
-            hist, target = sample_batch(split.train, chosen if dist is None else dist.shard(chosen), cfg.max_history)
-            b = make_batch(path_matrix, hist, target, cfg.max_history).to(device)
+            mine = chosen if dist is None else dist.shard(chosen)
+            if cfg.sequence_batches:
+                b = make_sequence_batch(path_matrix, window_batch(split.train, mine, cfg.max_history)).to(device)
+            else:
+                hist, target = sample_batch(split.train, mine, cfg.max_history)
+                b = make_batch(path_matrix, hist, target, cfg.max_history).to(device)
             with autocast(device):
                 logits = model(embed_batch(model, inputs, b), b.positions, b.sid_pos, b.key_valid)
             lab = b.labels[:, b.prefix_len - 1:]
