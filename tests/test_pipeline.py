@@ -75,3 +75,9 @@ def test_set_overrides_parse_apply_and_reject_unknown_fields():
     assert PRESETS["cpu"]["stage2"]["epochs"] != 3  # the preset itself is not modified
     with pytest.raises(ValueError, match="stage2.nope: unknown field"):
         preset_settings(argparse.Namespace(preset="cpu", set=[("stage2", "nope", 1)]))
+    # --set reaches the synthetic catalogue too (it used to read the bare preset)
+    from capsid.pipeline import load_data
+
+    data = load_data(argparse.Namespace(preset="cpu", data="synthetic", data_seed=0,
+                                        set=[("synthetic", "n_items", 250), ("synthetic", "n_users", 90)]))
+    assert data.n_items == 250 and len(data.sequences) == 90

@@ -136,7 +136,7 @@ def load_data(args):
     from .data import SyntheticConfig, load_amazon, make_synthetic
 
     if args.data == "synthetic":
-        return make_synthetic(SyntheticConfig(seed=args.data_seed, **PRESETS[args.preset]["synthetic"]))
+        return make_synthetic(SyntheticConfig(seed=args.data_seed, **preset_settings(args)["synthetic"]))
     return load_amazon(args.data, name=args.name)
 
 
@@ -191,6 +191,16 @@ def _paths_tokenization(name: str, sids: np.ndarray, capsules, centres: list, x:
     return from_paths(paths, vocab, init, has, name=name)
 
 
+def _diagnostics(codes: np.ndarray, capsules, x: np.ndarray, seed: int) -> dict:
+    """SPEC §8's tokenizer diagnostics on the codes (before any disambiguation position), the
+    same function for every tokenizer so their rows compare."""
+    from .metrics import tokenizer_metrics
+
+    m = tokenizer_metrics(np.asarray(codes), [int(c) for c in capsules], np.asarray(x, np.float64), seed=seed)
+    return {k: m[k] for k in ("collision_rate", "code_utilisation", "gini", "intra_code_similarity",
+                              "random_pair_similarity", "mean_length")}
+
+
 def fit_baseline(variant: str, x: np.ndarray, preset: dict, seed: int):
     """Fit a baseline (RQ-KMeans, GAOQ, RQ-VAE, RQ-VAE + HaMR) with the preset's settings ->
     (ItemTokenization, info)."""
@@ -212,7 +222,8 @@ def fit_baseline(variant: str, x: np.ndarray, preset: dict, seed: int):
         raise ValueError(f"not a baseline: {variant!r} (baselines: {', '.join(BASELINES)})")
     info = {"collision_rate_before_disambiguation": 1 - len(np.unique(out.codes, axis=0)) / len(x),
             "fit_seconds": time.perf_counter() - start,
-            "mean_length": float((out.sids >= 0).sum(1).mean())}
+            "mean_length": float((out.sids >= 0).sum(1).mean()),
+            "tokenizer_metrics": _diagnostics(out.codes, list(out.capsules)[: out.codes.shape[1]], x, seed)}
     return _paths_tokenization(variant, out.sids, out.capsules, centres, x), info
 
 
@@ -259,6 +270,8 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
                 mean_length=diag["mean_length"], collision_rate=diag["collision_rate"],
                 stop_fractions=diag["stop_fractions"], code_utilisation=diag["code_utilisation"],
                 stage1_seconds=res.seconds, stage1_init=res.init,
+                tokenizer_metrics=_diagnostics(sids.cpu().numpy() if hasattr(sids, "cpu") else sids,
+                                               cfg.capsules_per_depth, x, seed),
                 stage1_log=[{k: h[k] for k in ("epoch", "val_route", "mean_length", "collision_rate", "stop_fractions")}
                             for h in res.history])
     return items, info
