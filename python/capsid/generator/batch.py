@@ -53,12 +53,15 @@ def as_path_matrix(paths) -> np.ndarray:
     return out
 
 
+def _path_lengths(pm: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    return (pm[ids] != PAD).sum(1).astype(np.int64) if len(ids) else np.zeros(0, np.int64)
+
+
 def make_batch(paths, histories: Sequence[np.ndarray], targets: Optional[Sequence[int]] = None,
                max_history: int = 50) -> Batch:
     """Vectorised over rows: `paths` is a PAD-filled path matrix (pass one built once; a list of
     token lists also works, converted on each call)."""
     pm = as_path_matrix(paths)
-    plen = (pm != PAD).sum(1)
     rows = len(histories)
     hists = [np.asarray(h, dtype=np.int64)[-max_history:] if max_history else np.zeros(0, np.int64)
              for h in histories]
@@ -66,11 +69,11 @@ def make_batch(paths, histories: Sequence[np.ndarray], targets: Optional[Sequenc
     occ = np.concatenate(hists) if rows else np.zeros(0, np.int64)
     unique, inverse = np.unique(occ, return_inverse=True)
     occ_row = np.repeat(np.arange(rows), n_hist)
-    per_occ = plen[occ]
+    per_occ = _path_lengths(pm, occ)  # only the rows used: a whole-catalogue count costs ~50 ms at 2M items
     hist_tok = np.bincount(occ_row, weights=per_occ, minlength=rows).astype(np.int64)
     tp = int(hist_tok.max(initial=0)) + 1  # + BOS (first column of each row's prompt)
     tgt = pm[np.asarray(targets, np.int64)] if targets is not None else np.zeros((rows, 0), np.int64)
-    tlen = plen[np.asarray(targets, np.int64)] if targets is not None else np.zeros(rows, np.int64)
+    tlen = _path_lengths(pm, np.asarray(targets, np.int64)) if targets is not None else np.zeros(rows, np.int64)
     tt = int(max(tlen.max(initial=0) - 1, 0))  # target inputs: path without its EOS
     width = tp + tt
     tokens = np.full((rows, width), PAD, np.int64)
@@ -122,7 +125,6 @@ def make_sequence_batch(paths, sequences: Sequence[np.ndarray]) -> Batch:
     history slots), so this is Stage 2's fast path for hard inputs. `prefix_len` is 1: the
     loss reads every column."""
     pm = as_path_matrix(paths)
-    plen = (pm != PAD).sum(1)
     rows = len(sequences)
     seqs = [np.asarray(q, dtype=np.int64) for q in sequences]
     n_items = np.array([len(q) for q in seqs], np.int64)
@@ -130,7 +132,7 @@ def make_sequence_batch(paths, sequences: Sequence[np.ndarray]) -> Batch:
     occ_row = np.repeat(np.arange(rows), n_items)
     first = np.zeros(len(occ), bool)
     first[np.cumsum(n_items)[n_items > 0] - n_items[n_items > 0]] = True
-    per_occ = plen[occ]
+    per_occ = _path_lengths(pm, occ)
     row_tok = np.bincount(occ_row, weights=per_occ, minlength=rows).astype(np.int64) + 1  # + BOS
     width = int(row_tok.max(initial=1))
     tokens = np.full((rows, width), PAD, np.int64)
