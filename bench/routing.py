@@ -4,6 +4,7 @@
     python bench/routing.py --quick                        # N = 16384 and 65536 only
     python bench/routing.py --sweep                        # Triton tile configurations, bf16 default
     python bench/routing.py --train                        # training step of one layer (fwd + bwd)
+    python bench/routing.py --train --train-stack          # ... and of the whole stack with Stage 1's loss
 
 One row per (preset, precision, N, backend): median ms, ns per item-layer, TFLOP/s, peak memory.
 TFLOP/s counts the Triton schedule's tensor-core work, T vote GEMMs of 2·N·K·d_c·d each (round 1
@@ -13,6 +14,8 @@ residuals are not served from L2 (W, b, D stay fixed, as in the tokenizer). Eage
 are skipped where their [N, K, d_c] votes would not fit (the row says so). The tokenizer row
 runs L_max = 6 depths with early exit on ``synthetic_item_vectors`` (default 35.8M items).
 Rows go to ``<out>/routing.json`` and a plot to ``<out>/routing.png``.
+Training rows (``--train``, ``--train-stack``, issue 7) go to ``<out>/routing_train.json``
+(``routing_train_stack.json`` for ``--train-stack`` alone), one PNG per op beside it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import os
 import pathlib
 import sys
 import time
+from types import SimpleNamespace
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -173,15 +178,71 @@ def tokenizer_rows(n, prec, env, chunk, repeats, backend="triton") -> list[dict]
     return [row]
 
 
-def train_rows(ns, precs, env, max_time_ms) -> list[dict]:
+def fresh_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(fn)`` on an emptied dynamo cache. The cache is per code object, so the compiled
+    variants of every earlier case count towards ``recompile_limit``; past it dynamo would quietly run
+    the eager code and a "compile" row would time eager. The training benches also set
+    ``fail_on_recompile_limit_hit``, so that fails the row instead of passing unnoticed."""
+    torch._dynamo.reset()
+    return torch.compile(fn)
+
+
+def train_case(step, inputs, *, op: str, backend: str, prec: str, shapes: dict, env: dict, max_time_ms: float,
+               tf32: bool, items: int, layers: int = 1, flops: Optional[float] = None) -> dict:
+    """Time one training step ``step(inp)`` (forward + backward) with the harness -> one row.
+
+    Out of memory and a backend that cannot run these inputs become a row with ``error`` (the run
+    goes on); so does a ``torch.compile`` failure on the compile backend. Any other error raises.
+    """
+    import capsid_kernels as ck
+    from capsid_kernels.ops._precision import matmul_precision
+
+    err, timing = None, None
+    try:
+        with matmul_precision(tf32):
+            timing = bench(step, inputs, warmup=3, repeats=15, max_time_ms=max_time_ms)
+    except torch.OutOfMemoryError as e:
+        err = f"out of memory: {str(e)[:120]}"
+    except ck.BackendUnavailable as e:
+        err = f"unavailable: {e}"
+    except Exception as e:  # noqa: BLE001  inductor/dynamo failures are a data point of the compile row
+        if backend != "compile":
+            raise
+        err = f"torch.compile failed: {type(e).__name__}: {str(e)[:200]}"
+    torch.cuda.empty_cache()
+    extra = {"error": err} if err else {}
+    if timing is not None and layers > 1:
+        extra["ns_per_item"] = round(timing.median_ms * 1e6 / items, 4)  # the whole stack per item
+    row = make_row(op=op, backend=backend, dtype=prec, shapes=shapes, timing=timing, items=items, layers=layers,
+                   flops=flops, env=env, **extra)
+    per = f"{row['ns_per_item']:10.2f} ns/item " if "ns_per_item" in row else ""
+    peak = f" peak {row['peak_mib']:9.1f} MiB" if "peak_mib" in row else ""
+    print(f"{op} {prec:5s} N={items:7d} {backend:8s} "
+          + (f"{per}{row['ns_per_item_layer']:9.2f} ns/item-layer{peak}" if timing else err), flush=True)
+    return row
+
+
+def add_ratios(case: list[dict]) -> None:
+    """speedup_vs_eager, speedup_vs_compile and peak_vs_eager on the rows of one (dtype, N) case."""
+    base = {r["backend"]: r for r in case if "median_ms" in r}
+    for r in case:
+        for other in ("eager", "compile"):
+            if "median_ms" in r and other in base:
+                r[f"speedup_vs_{other}"] = round(base[other]["median_ms"] / r["median_ms"], 2)
+        if r.get("peak_mib") and "eager" in base and base["eager"].get("peak_mib"):
+            r["peak_vs_eager"] = round(r["peak_mib"] / base["eager"]["peak_mib"], 4)
+
+
+@torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)  # see fresh_compile
+def train_rows(ns, precs, env, max_time_ms, on_case: Optional[Callable[[list[dict]], None]] = None) -> list[dict]:
     """Training step of one layer (issue 7): forward + backward to r, W, b and D, default preset.
 
     The loss takes r' and q (upstream gradients fixed random tensors, never zeros); eager autograd
     of the reference, torch.compile of it (forward and backward compiled), and the Triton backend
     (fused forward that saves O(N·T·d_c), fused backward). Ratios and peak memory from this run.
+    ``on_case(rows)`` is called with the rows so far after every (dtype, N) case.
     """
     import capsid_kernels as ck
-    from capsid_kernels.ops._precision import matmul_precision
     from capsid_kernels.reference import route_reference
 
     K, dc, d = (PRESETS["default"][k] for k in ("K", "dc", "d"))
@@ -190,7 +251,7 @@ def train_rows(ns, precs, env, max_time_ms) -> list[dict]:
         dtype, precision = PRECS[prec]
         tf32 = precision == "tf32"
         W, b, D = (t.requires_grad_() for t in make_layer(K, dc, d, dtype, seed=1))
-        compiled = torch.compile(route_reference)
+        compiled = fresh_compile(route_reference)
         for n in ns:
             g = torch.Generator(device="cuda").manual_seed(7)
             g_res = torch.randn(n, d, device="cuda", generator=g).to(dtype)
@@ -209,31 +270,114 @@ def train_rows(ns, precs, env, max_time_ms) -> list[dict]:
                     out = f(r)
                     return torch.autograd.grad([out.residual, out.confidence], [r, W, b, D], [g_res, g_q])
 
-                err, timing = None, None
-                try:
-                    with matmul_precision(tf32):
-                        timing = bench(step, inputs, warmup=3, repeats=15, max_time_ms=max_time_ms)
-                except torch.OutOfMemoryError as e:
-                    err = f"out of memory: {str(e)[:120]}"
-                torch.cuda.empty_cache()
-                row = make_row(op="route_train", backend=backend, dtype=prec, shapes=shapes, timing=timing, items=n,
-                               flops=2.0 * n * K * dc * d * ROUNDS, env=env, **({"error": err} if err else {}))
-                case.append(row)
-                print(f"train {prec:5s} N={n:7d} {backend:8s} "
-                      + (f"{row['ns_per_item_layer']:9.2f} ns/item-layer peak {row.get('peak_mib', 0):9.1f} MiB"
-                         if timing else err), flush=True)
-            base = {r["backend"]: r for r in case if "median_ms" in r}
-            for r in case:
-                for other in ("eager", "compile"):
-                    if "median_ms" in r and other in base:
-                        r[f"speedup_vs_{other}"] = round(base[other]["median_ms"] / r["median_ms"], 2)
-                if r.get("peak_mib") and "eager" in base and base["eager"].get("peak_mib"):
-                    r["peak_vs_eager"] = round(r["peak_mib"] / base["eager"]["peak_mib"], 4)
+                case.append(train_case(step, inputs, op="route_train", backend=backend, prec=prec, shapes=shapes,
+                                       env=env, max_time_ms=max_time_ms, tf32=tf32, items=n,
+                                       flops=2.0 * n * K * dc * d * ROUNDS))
+            add_ratios(case)
             rows += case
+            if on_case is not None:
+                on_case(rows)
             del inputs, g_res, g_q
         del W, b, D, compiled
         torch.cuda.empty_cache()
     return rows
+
+
+STACK_BACKENDS = ("eager", "compile", "triton")
+
+
+def stack_loss(route_fn: Callable[..., Any], x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stage 1's tokenizer loss (SPEC §4) over the whole stack, as ``capsid.stage1.train`` forms it:
+    every depth on every item (``forward_all_depths``: the residual of depth l feeds depth l + 1),
+    lambda_r L_route (hard-stop reconstruction) + lambda_s L_spread (centres and the routing weights
+    of the items that reach each depth) + lambda_l L_len (confidence and residual norms). L_BPE is
+    left out: it is a loss over merge candidates with no routing in it.
+
+    ``route_fn(r, W, b, D, last=, need_weights=)`` is one routing layer; ``params`` is
+    (W, b, D) of every depth, flat.
+    """
+    from capsid.stage1 import Stage1Config
+    from capsid.tokenizer import losses
+    from capsid.tokenizer.forward import forward_all_depths
+    from capsid_kernels import CapsIDConfig, codebook_centres
+
+    s1, tok = Stage1Config(), CapsIDConfig()
+    layers = [params[i:i + 3] for i in range(0, len(params), 3)]
+
+    def depth(W, b, D):  # the call forward_all_depths makes on a CapsuleLayer
+        return lambda r, **kw: route_fn(r, W, b, D, **kw)
+
+    a = forward_all_depths(SimpleNamespace(layers=[depth(*wbd) for wbd in layers]), x, need_weights=True)
+    centres = [codebook_centres(b, D) for _, b, D in layers]
+    l_spread = losses.spread_loss(centres, [w[a.reached[:, j]] for j, w in enumerate(a.weights)], s1.margin_start)
+    return (s1.lambda_route * losses.route_loss(a.x0, a.x_hat) + s1.lambda_spread * l_spread
+            + s1.lambda_len * losses.length_loss(a.confidence, a.residual_norm, tok.tau, tok.eps))
+
+
+@torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)  # see fresh_compile
+def train_stack_rows(ns, precs, env, max_time_ms, *, backends: Sequence[str] = STACK_BACKENDS,
+                     dims: Optional[dict] = None, depths: int = 6, device: str = "cuda",
+                     on_case: Optional[Callable[[list[dict]], None]] = None) -> list[dict]:
+    """Training step of the whole stack (issue 7): Stage 1's loss (``stack_loss``) forward + backward
+    to W, b and D of all ``depths`` = L_max depths, one row per (dtype, N, backend).
+
+    The backends differ only in the routing layer: eager autograd of the reference, the reference
+    under ``torch.compile`` (one compiled layer called at every depth, forward and backward compiled,
+    as in the one-layer rows) and the Triton backend (fused forward and backward). Item vectors are
+    frozen, as in Stage 1. ``ns_per_item`` is the whole stack per item; ``ns_per_item_layer`` divides
+    by the depths. ``dims`` (K, dc, d) defaults to the default preset; small ones and ``device="cpu"``
+    serve the CPU smoke test (Triton then records why it cannot run). ``on_case`` as in ``train_rows``.
+    """
+    import capsid_kernels as ck
+    from capsid_kernels.reference import route_reference
+
+    unknown = sorted(set(backends) - set(STACK_BACKENDS))
+    if unknown:
+        raise ValueError(f"backends: unknown {unknown}; expected a subset of {STACK_BACKENDS}")
+    K, dc, d = ((dims or PRESETS["default"])[k] for k in ("K", "dc", "d"))
+    rows = []
+    for prec in precs:
+        dtype, precision = PRECS[prec]
+        tf32 = precision == "tf32"
+        params = [t.requires_grad_() for i in range(depths)
+                  for t in make_layer(K, dc, d, dtype, seed=10 + i, device=device)]
+        compiled = fresh_compile(route_reference)  # 3 variants per N: depth 1 (r without grad), middle, last
+        route_fns = {
+            "eager": lambda r, W, b, D, **kw: route_reference(r, W, b, D, rounds=ROUNDS, **kw),
+            "compile": lambda r, W, b, D, **kw: compiled(r, W, b, D, rounds=ROUNDS, **kw),
+            "triton": lambda r, W, b, D, **kw: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision,
+                                                        backend="triton", **kw),
+        }
+        for n in ns:
+            inputs = [unit_rows(n, d, dtype, seed=300 + i, device=device)
+                      for i in range(rotation_count(n * d * params[0].element_size()))]
+            shapes = {"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "L_max": depths, "mode": "soft",
+                      "preset": "default" if dims is None else "custom", "loss": "route+spread+len"}
+            case = []
+            for backend in backends:
+                def step(x, f=route_fns[backend]):
+                    return torch.autograd.grad(stack_loss(f, x, params), params)
+
+                case.append(train_case(step, inputs, op="route_train_stack", backend=backend, prec=prec,
+                                       shapes=shapes, env=env, max_time_ms=max_time_ms, tf32=tf32, items=n,
+                                       layers=depths, flops=2.0 * n * K * dc * d * ROUNDS * depths))
+            add_ratios(case)
+            rows += case
+            if on_case is not None:
+                on_case(rows)
+            del inputs
+        del params, compiled, route_fns
+        torch.cuda.empty_cache()
+    return rows
+
+
+def report_train(rows: Sequence[dict], op: str, path: pathlib.Path, y: str, title: str) -> None:
+    """Print the table of one training op's rows and plot ``y`` against N (one panel per dtype)."""
+    sub = [r for r in rows if r["op"] == op]
+    print_table(sub, ["op", "backend", "dtype", "shapes", y, "peak_mib", "speedup_vs_eager", "speedup_vs_compile",
+                      "peak_vs_eager", "error"])
+    plot_rows(sub, path, x="shapes.N", y=y, series=lambda r: f"{r['backend']} {r['dtype']}",
+              panel=lambda r: r["dtype"], title=title)
 
 
 def sweep(env) -> list[dict]:
@@ -268,6 +412,23 @@ def sweep(env) -> list[dict]:
     return rows
 
 
+def _train_args(p: argparse.ArgumentParser, args) -> tuple[list[int], list[str], list[str]]:
+    """--train-ns, --train-precs and --train-stack-backends parsed and checked (p.error names the bad value)."""
+    try:
+        ns = [int(v) for v in args.train_ns.split(",")]
+    except ValueError:
+        p.error(f"--train-ns: expected comma-separated integers, got {args.train_ns!r}")
+    if any(n < 1 for n in ns):
+        p.error(f"--train-ns: every N must be >= 1, got {args.train_ns!r}")
+    precs = args.train_precs.split(",")
+    if bad := [v for v in precs if v not in PRECS]:
+        p.error(f"--train-precs: unknown {bad}; expected names from {', '.join(PRECS)}")
+    backends = args.train_stack_backends.split(",")
+    if bad := [v for v in backends if v not in STACK_BACKENDS]:
+        p.error(f"--train-stack-backends: unknown {bad}; expected names from {', '.join(STACK_BACKENDS)}")
+    return ns, precs, backends
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(HERE / "results"))
@@ -289,9 +450,14 @@ def main(argv=None) -> int:
                    help="preset:precision pairs that get a torch.compile row ('all' for every one)")
     p.add_argument("--skip-route", action="store_true", help="only the tokenizer row")
     p.add_argument("--train", action="store_true", help="only the training step of one layer (fwd + bwd)")
+    p.add_argument("--train-stack", action="store_true",
+                   help="only the training step of the whole L_max = 6 stack with Stage 1's loss (fwd + bwd); "
+                        "with --train, both in one run and one JSON")
     p.add_argument("--train-ns", default="16384,65536")
     p.add_argument("--train-precs", default="bf16,fp32")
+    p.add_argument("--train-stack-backends", default=",".join(STACK_BACKENDS))
     args = p.parse_args(argv)
+    train_ns, train_precs, stack_backends = _train_args(p, args)
     if not torch.cuda.is_available():
         print("bench/routing.py needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -304,16 +470,23 @@ def main(argv=None) -> int:
         rows += sweep(env)
         write_rows(rows, out / f"{args.tag}_sweep.json")
         return 0
-    if args.train:
-        rows += train_rows([int(v) for v in args.train_ns.split(",")], args.train_precs.split(","), env,
-                           args.max_time_ms)
-        write_rows(rows, out / f"{args.tag}_train.json")
-        train = [r for r in rows if r["op"] == "route_train"]
-        print_table(train, ["backend", "dtype", "shapes", "ns_per_item_layer", "peak_mib", "speedup_vs_eager",
-                            "speedup_vs_compile", "peak_vs_eager"])
-        plot_rows(train, out / f"{args.tag}_train.png", x="shapes.N", y="ns_per_item_layer",
-                  series=lambda r: f"{r['backend']} {r['dtype']}", panel=lambda r: r["dtype"],
-                  title=f"routing training step (fwd + bwd), T={ROUNDS}, {env['gpu']} ({env['date'][:10]})")
+    if args.train or args.train_stack:
+        partial = out / f"{args.tag}_train_partial.json"  # what a run cut short leaves behind
+        if args.train:
+            rows += train_rows(train_ns, train_precs, env, args.max_time_ms,
+                               on_case=lambda new: write_rows(rows + new, partial))
+        if args.train_stack:
+            rows += train_stack_rows(train_ns, train_precs, env, args.max_time_ms, backends=stack_backends,
+                                     on_case=lambda new: write_rows(rows + new, partial))
+        write_rows(rows, out / f"{args.tag}_train{'' if args.train else '_stack'}.json")
+        partial.unlink(missing_ok=True)
+        when = f"{env['gpu']} ({env['date'][:10]})"
+        if args.train:
+            report_train(rows, "route_train", out / f"{args.tag}_train.png", "ns_per_item_layer",
+                         f"routing training step (fwd + bwd), T={ROUNDS}, {when}")
+        if args.train_stack:
+            report_train(rows, "route_train_stack", out / f"{args.tag}_train_stack.png", "ns_per_item",
+                         f"Stage 1 loss over the L_max = 6 stack (fwd + bwd), T={ROUNDS}, {when}")
         return 0
     ns = [16384, 65536] if args.quick else [int(v) for v in args.ns.split(",")]
     if args.tokenizer_n:
