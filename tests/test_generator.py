@@ -247,3 +247,44 @@ def test_sequence_batch_logits_equal_prefix_rows():
     pre_logits, pre_lab = label_logits(make_batch(pm, hist, tgt))
     assert torch.equal(seq_lab, pre_lab)  # same targets, same order
     torch.testing.assert_close(seq_logits, pre_logits, rtol=1e-10, atol=1e-10)
+
+
+def test_disambiguation_tokens_make_every_path_unique():
+    """A tokenizer that collides (K = 2 x 2 over 30 items): colliding items get one more token,
+    ordered by popularity, unique items keep their path, and the new tokens enter hard."""
+    cfg = ck.CapsIDConfig(d=8, capsules=(2, 2), capsule_dim=4, max_length=2, tau=0.99, eps=1e-6)
+    tok = ck.CapsIDTokenizer(cfg, seed=0)
+    x = torch.randn(30, 8, generator=torch.Generator().manual_seed(1))
+    sids = tok.tokenize(x).sids
+    plain = from_capsid(tok, x, sids)
+    pop = np.random.default_rng(0).integers(0, 100, size=30).astype(float)
+    items = from_capsid(tok, x, sids, disambiguate=True, popularity=pop)
+    groups: dict = {}
+    for i, p in enumerate(plain.paths):
+        groups.setdefault(tuple(p), []).append(i)
+    assert max(len(g) for g in groups.values()) > 1  # the case collides
+    assert len({tuple(p) for p in items.paths}) == 30
+    start = plain.vocab_size
+    assert items.n_dedup == max(len(g) for g in groups.values()) and items.vocab_size == start + items.n_dedup
+    for g in groups.values():
+        if len(g) == 1:
+            assert items.paths[g[0]] == plain.paths[g[0]]
+            continue
+        order = sorted(g, key=lambda i: (-pop[i], i))
+        for j, i in enumerate(order):
+            assert items.paths[i] == plain.paths[i][:-1] + [start + j, EOS]
+    assert not items.has_init[start:].any() and items.has_init[3:start].all()
+    lay = items.layout()
+    for i, p in enumerate(items.paths):
+        for j, t in enumerate(p[:-1]):
+            assert (lay["depth_a"][i, j] == -1) == (t >= start)
+    # the soft-input rows keep the disambiguation position hard
+    model = Generator(items.vocab_size, TINY, token_init=items.token_init, has_init=items.has_init)
+    inputs = ItemInputs(items, RoutingAdapter(items, seed=0))
+    ids = torch.arange(30)
+    rows = inputs.rows(model.tok.weight, ids)
+    hard = model.tok.weight[inputs.paths[ids]]
+    is_dedup = inputs.paths[ids] >= start
+    assert is_dedup.any() and torch.equal(rows[is_dedup], hard[is_dedup])
+    with pytest.raises(ValueError, match="popularity"):
+        from_capsid(tok, x, sids, disambiguate=True, popularity=np.ones(3))

@@ -81,3 +81,18 @@ def test_set_overrides_parse_apply_and_reject_unknown_fields():
     data = load_data(argparse.Namespace(preset="cpu", data="synthetic", data_seed=0,
                                         set=[("synthetic", "n_items", 250), ("synthetic", "n_users", 90)]))
     assert data.n_items == 250 and len(data.sequences) == 90
+
+
+def test_pipeline_capsid_dedup_gives_every_item_its_own_leaf(tmp_path):
+    """capsid-dedup: capsid's Stage 1 (same SIDs, same collision diagnostics) and a generator
+    whose paths are all distinct; sequence batches run end to end with hard inputs."""
+    rc = pipeline.main(["--preset", "tiny", "--tokenizer", "capsid", "capsid-dedup", "--seeds", "0",
+                        "--out", str(tmp_path), "--quiet", "--beams", "20",
+                        "--set", "stage2.soft_inputs=false", "--set", "stage2.sequence_batches=true"])
+    assert rc == 0
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = {r["variant"]: r for r in json.loads((folder / "results.json").read_text())}
+    plain, dedup = rows["capsid"], rows["capsid-dedup"]
+    assert plain["collision_rate"] == dedup["collision_rate"] > 0  # this tiny tokenizer collides
+    assert plain["disambiguation_tokens"] == 0 and dedup["disambiguation_tokens"] >= 2
+    assert 0.0 <= dedup["recall@10"] <= 1.0 and dedup["stage2"]["sequence_batches"]

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from .atomic import write_text_atomic
-from .jobs.tokenizers import ALIASES, BASELINES, TOKENIZERS, canonical, capsid_variant
+from .jobs.tokenizers import ALIASES, BASELINES, DISAMBIGUATED, TOKENIZERS, canonical, capsid_variant
 
 VARIANTS = TOKENIZERS
 """The tokenizer names: capsid.jobs.tokenizers' registry, the same as `capsid tokenize`'s
@@ -264,12 +264,13 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
                               if k.startswith("best.gate.")})
         emb = token_embeddings([m.centres() for m in tokenizer.layers])
         logit = merge_gate_logits(gate, emb, res.candidates, merges)
-    items = from_capsid(tokenizer, xt, sids, merges, logit, name=variant)
+    items = from_capsid(tokenizer, xt, sids, merges, logit, name=variant, disambiguate=variant in DISAMBIGUATED,
+                        popularity=data.popularity())
     diag = tokenizer.diagnostics(tokenize_items(tokenizer, xt))
     info.update(stage1_best_epoch=res.best_epoch, stage1_val_route=res.best_val_route, merges=len(items.merges),
                 mean_length=diag["mean_length"], collision_rate=diag["collision_rate"],
                 stop_fractions=diag["stop_fractions"], code_utilisation=diag["code_utilisation"],
-                stage1_seconds=res.seconds, stage1_init=res.init,
+                disambiguation_tokens=items.n_dedup, stage1_seconds=res.seconds, stage1_init=res.init,
                 tokenizer_metrics=_diagnostics(sids.cpu().numpy() if hasattr(sids, "cpu") else sids,
                                                cfg.capsules_per_depth, x, seed),
                 stage1_log=[{k: h[k] for k in ("epoch", "val_route", "mean_length", "collision_rate", "stop_fractions")}

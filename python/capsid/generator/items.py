@@ -48,6 +48,8 @@ class ItemTokenization:
     merges: (a, b) base ids per merge m, merged id = base_vocab + m.
     merge_logit [M]: logit pi_1 of the frozen gate per merge (g = sigmoid(logit + beta)).
     routing: the frozen stack; None = history items enter as hard embeddings.
+    n_dedup: ids [base_vocab + len(merges), + n_dedup) are disambiguation tokens (TIGER's extra
+        position, `from_capsid(disambiguate=True)`): they cover no depth and always enter hard.
     """
 
     paths: list[list[int]]
@@ -60,6 +62,7 @@ class ItemTokenization:
     merge_logit: Optional[np.ndarray] = None
     routing: Optional[RoutingSource] = None
     name: str = "items"
+    n_dedup: int = 0
 
     def __post_init__(self) -> None:
         for i, p in enumerate(self.paths):
@@ -103,9 +106,12 @@ class ItemTokenization:
         depth_b = np.full((n, p), -1, np.int64)
         merge = np.full((n, p), -1, np.int64)
         base = self.base_vocab
+        dedup = base + len(self.merges)
         for i, path in enumerate(self.paths):
             d = 0
             for j, t in enumerate(path[:-1]):
+                if t >= dedup:  # a disambiguation token: no depth, enters hard
+                    continue
                 depth_a[i, j] = d
                 if t >= base:
                     depth_b[i, j], merge[i, j] = d + 1, t - base
@@ -132,10 +138,16 @@ def merged_init(base_rows: Tensor, merges: Sequence[tuple[int, int]]) -> Tensor:
 
 @torch.no_grad()
 def from_capsid(tokenizer, x: Tensor, sids: Tensor, merges=None, merge_logit: Optional[np.ndarray] = None,
-                soft_inputs: bool = True, name: str = "capsid") -> ItemTokenization:
+                soft_inputs: bool = True, name: str = "capsid", disambiguate: bool = False,
+                popularity: Optional[np.ndarray] = None) -> ItemTokenization:
     """Convert Stage 1's outputs: a CapsIDTokenizer, item vectors x [N, d], its inference SIDs
     [N, L_max] (per-depth codes, -1 padded, e.g. `tokenize_items(...).sids`), and optionally a
-    `capsid.bpe.MergeTable` with the frozen gate's merge logits (`merge_gate_logits`)."""
+    `capsid.bpe.MergeTable` with the frozen gate's merge logits (`merge_gate_logits`).
+
+    disambiguate: items whose (merged) paths are identical get one more token before EOS, the
+        j-th item of a group (by `popularity` descending, then item id) the j-th disambiguation
+        token, as TIGER does for RQ collisions, so every item has its own trie leaf. Items with
+        a unique path keep it. The Stage-1 SIDs, merges and diagnostics are unchanged."""
     ks = tuple(tokenizer.config.capsules_per_depth)
     codes = sids.detach().cpu().numpy().astype(np.int64)
     offsets = FIRST_CODE + np.concatenate([[0], np.cumsum(ks)[:-1]]).astype(np.int64)
@@ -156,12 +168,15 @@ def from_capsid(tokenizer, x: Tensor, sids: Tensor, merges=None, merge_logit: Op
                 out.append(toks[j])
                 j += 1
         paths.append(out + [EOS])
+    n_dedup = _disambiguate(paths, popularity, base_vocab + len(pairs)) if disambiguate else 0
     centres = torch.cat([c.detach().float().cpu() for c in tokenizer.centres()], dim=0)
     d = centres.shape[1]
     init = torch.cat([torch.zeros(FIRST_CODE, d), centres, merged_init(
         torch.cat([torch.zeros(FIRST_CODE, d), centres]), pairs)])
+    init = torch.cat([init, torch.zeros(n_dedup, d)])
     has = torch.ones(init.shape[0], dtype=torch.bool)
     has[:FIRST_CODE] = False
+    has[init.shape[0] - n_dedup:] = False  # disambiguation rows start random
     routing = None
     if soft_inputs:
         c = tokenizer.config
@@ -169,9 +184,27 @@ def from_capsid(tokenizer, x: Tensor, sids: Tensor, merges=None, merge_logit: Op
                                          m.D.detach().float().cpu().clone()) for m in tokenizer.layers],
                                 x=x.detach().float().cpu(), rounds=c.rounds, mode=c.mode, eta=c.eta)
     logit = np.zeros(len(pairs)) if merge_logit is None else np.asarray(merge_logit, dtype=np.float64)
-    return ItemTokenization(paths=paths, vocab_size=base_vocab + len(pairs), token_init=init, has_init=has,
-                            capsules=ks, base_sids=base, merges=pairs, merge_logit=logit, routing=routing,
-                            name=name)
+    return ItemTokenization(paths=paths, vocab_size=base_vocab + len(pairs) + n_dedup, token_init=init,
+                            has_init=has, capsules=ks, base_sids=base, merges=pairs, merge_logit=logit,
+                            routing=routing, name=name, n_dedup=n_dedup)
+
+
+def _disambiguate(paths: list[list[int]], popularity: Optional[np.ndarray], start: int) -> int:
+    """Insert (in place) disambiguation token `start + j` before the EOS of the j-th item of every
+    group of identical paths; returns how many such tokens there are (the largest group)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(paths):
+        groups.setdefault(tuple(p), []).append(i)
+    shared = [g for g in groups.values() if len(g) > 1]
+    if not shared:
+        return 0
+    pop = np.zeros(len(paths)) if popularity is None else np.asarray(popularity, dtype=np.float64)
+    if pop.shape != (len(paths),):
+        raise ValueError(f"popularity: expected shape ({len(paths)},), got {pop.shape}")
+    for g in shared:
+        for j, i in enumerate(sorted(g, key=lambda i: (-pop[i], i))):
+            paths[i].insert(len(paths[i]) - 1, start + j)
+    return max(len(g) for g in shared)
 
 
 @torch.no_grad()

@@ -27,7 +27,11 @@ CAPSID_VARIANTS: dict[str, tuple[dict, dict, dict]] = {
     "capsid-nospread": ({}, {"lambda_spread": 0.0}, {}),
     "capsid-freqbpe": ({}, {}, {"alpha": 1.0}),
     "capsid-hamr": ({}, {"hamr": True}, {}),  # True: HaMRConfig()'s defaults (see capsid_variant)
+    "capsid-dedup": ({}, {}, {}),  # Stage 1 as capsid; the generator's paths get DISAMBIGUATED
 }
+DISAMBIGUATED = frozenset({"capsid-dedup"})
+"""CAPSID variants whose colliding items get a TIGER-style disambiguation token in the
+generator's paths (`from_capsid(disambiguate=True)`); SIDs and diagnostics are capsid's."""
 BASELINES = ("rqkmeans", "gaoq", "rqvae", "rqvae-hamr")
 TOKENIZERS = tuple(CAPSID_VARIANTS) + BASELINES
 
