@@ -125,6 +125,21 @@ def _empty_slice_jobs(dist, out: str) -> None:
             json.dump(metrics, f)
 
 
+def _time_budget_job(dist, out: str) -> None:
+    """Rank 1 reaches Stage 2 late, so at the end of epoch 0 only rank 0's clock has passed the
+    budget (it waited in the first collective): the ranks must still stop together."""
+    import time
+
+    from capsid.stage2 import train_stage2
+
+    items, data, cfg, model = _stage2_setup(epochs=4, eval_every=100, max_seconds=1.0)
+    if dist.rank == 1:
+        time.sleep(2.0)
+    res = train_stage2(model, items, data.split(max_history=cfg.max_history), data.popularity(), cfg,
+                       show_progress=False, dist=dist)
+    torch.save(res.history, os.path.join(out, f"s2_time_rank{dist.rank}.pt"))
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
@@ -174,6 +189,8 @@ def _worker(rank: int, port: int, out: str) -> None:
             torch.save({"history": res.history, "state": tok.state_dict()}, os.path.join(out, "s1_grow.pt"))
         dist.barrier()
         _empty_slice_jobs(dist, out)
+        dist.barrier()
+        _time_budget_job(dist, out)
         dist.barrier()
     finally:
         dist.close()
@@ -369,3 +386,9 @@ def test_sharded_evaluation_with_an_idle_rank(two_process_run, one_thread):
     for k in keys:
         assert got[k] == want[k] or (np.isnan(got[k]) and np.isnan(want[k])), k
     assert got["queries"] == want["queries"] == TINY_EVAL_Q
+
+
+def test_stage2_time_budget_stops_every_rank_together(two_process_run):
+    h0, h1 = (torch.load(two_process_run / f"s2_time_rank{r}.pt", weights_only=True) for r in range(WORLD))
+    assert len(h0) == len(h1) == 1 and h0[0]["stopped_by"] == h1[0]["stopped_by"] == "time"
+    assert h0[0]["val_recall@10"] == h1[0]["val_recall@10"]

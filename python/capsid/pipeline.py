@@ -52,7 +52,7 @@ PRESETS = {
     # settings with a shorter training budget, and history items entering as hard token
     # embeddings (soft inputs route every history item through the adapted stack at every
     # step: ~55 s per Beauty epoch on an H100 against ~12 s at batch 256; --set
-    # stage2.soft_inputs=true). Stage 2 trains on whole sequences (every item a target, the
+    # stage2.soft_inputs=true --set stage2.sequence_batches=false). Stage 2 trains on whole sequences (every item a target, the
     # same targets and logits as prefix rows, ~5x fewer tokens on Beauty), 256 sequences
     # (~1.5k target items) per step at lr 1e-3: at SPEC's 3e-4 and 256 prefix rows the loss
     # was still falling after 16 epochs (best epoch 11-15), and a step of this small

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class GeneratorConfig:
     """layers, heads, hidden, ffn, dropout: the Transformer (SPEC §1: 4, 4, 128, 512, 0.1;
-    pre-LN, GELU). max_positions: learned absolute positions (history <= 50 items of at most
-    L_max merged tokens + EOS, then BOS and the target). max_item_tokens: SID-position
+    pre-LN, GELU). max_positions: learned absolute positions (BOS, then history <= 50 items of at most
+    L_max merged tokens + EOS, then the target; whole-sequence training rows hold up to 51
+    items). max_item_tokens: SID-position
     embeddings (position of a token inside its item, EOS included). init_std: random init of
     weights and of embedding rows without a warm start; init_norm: mean row norm the
     warm-started token embeddings are scaled to (codebook centres have norm < 1 and would

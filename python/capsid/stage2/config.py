@@ -38,7 +38,9 @@ class Stage2Config:
         that epoch is validated (if it was not already) and training stops with the best
         state so far, recorded as `stopped_by = "time"`. A safety net for jobs with a hard
         time limit (several runs sharing one GPU); it is not part of the run's identity, so
-        a checkpoint resumes under another budget.
+        a checkpoint resumes under another budget. It counts from each call (a resumed run
+        gets the whole budget again, so it trains at least one more epoch) and, under
+        torch.distributed, every rank stops once any rank is out of time.
     """
 
     epochs: int = 200

@@ -178,11 +178,12 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
             n_tok = int((lab != IGNORE).sum())
             loss_sum += float(loss.detach()) * n_tok if n_tok else 0.0
             tok_sum += n_tok
-        if dist is not None:
-            loss_sum, tok_sum = dist.sum_floats(loss_sum, tok_sum)
-        record = {"epoch": epoch, "lr_end": lr, "train_loss": loss_sum / max(tok_sum, 1),
-                  "seconds": time.perf_counter() - start}
-        out_of_time = cfg.max_seconds is not None and record["seconds"] > cfg.max_seconds
+        elapsed = time.perf_counter() - start
+        late = float(cfg.max_seconds is not None and elapsed > cfg.max_seconds)
+        if dist is not None:  # one decision for all ranks: any rank out of time stops them all
+            loss_sum, tok_sum, late = dist.sum_floats(loss_sum, tok_sum, late)
+        record = {"epoch": epoch, "lr_end": lr, "train_loss": loss_sum / max(tok_sum, 1), "seconds": elapsed}
+        out_of_time = late > 0
         if out_of_time:
             record["stopped_by"] = "time"
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or out_of_time:
