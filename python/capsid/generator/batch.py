@@ -57,6 +57,25 @@ def _path_lengths(pm: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return (pm[ids] != PAD).sum(1).astype(np.int64) if len(ids) else np.zeros(0, np.int64)
 
 
+def _item_tokens(pm: np.ndarray, item_lists: Sequence[np.ndarray]):
+    """The tokens of each row's items laid end to end, flattened over rows.
+
+    Returns occ (item ids), per-row token counts, and per token: its occurrence index, its
+    position inside its item's path, its row, and its position inside its row. Only the rows
+    of `pm` that are used are read (a whole-catalogue count costs ~50 ms at 2M items)."""
+    rows = len(item_lists)
+    n_items = np.array([len(h) for h in item_lists], np.int64)
+    occ = np.concatenate(item_lists).astype(np.int64) if rows else np.zeros(0, np.int64)
+    occ_row = np.repeat(np.arange(rows), n_items)
+    per_occ = _path_lengths(pm, occ)
+    row_tok = np.bincount(occ_row, weights=per_occ, minlength=rows).astype(np.int64)
+    tok_occ = np.repeat(np.arange(len(occ)), per_occ)
+    within = np.arange(len(tok_occ)) - np.repeat(np.cumsum(per_occ) - per_occ, per_occ)
+    r = occ_row[tok_occ]
+    in_row = np.arange(len(tok_occ)) - (np.cumsum(row_tok) - row_tok)[r]
+    return occ, row_tok, tok_occ, within, r, in_row
+
+
 def make_batch(paths, histories: Sequence[np.ndarray], targets: Optional[Sequence[int]] = None,
                max_history: int = 50) -> Batch:
     """Vectorised over rows: `paths` is a PAD-filled path matrix (pass one built once; a list of
@@ -65,12 +84,8 @@ def make_batch(paths, histories: Sequence[np.ndarray], targets: Optional[Sequenc
     rows = len(histories)
     hists = [np.asarray(h, dtype=np.int64)[-max_history:] if max_history else np.zeros(0, np.int64)
              for h in histories]
-    n_hist = np.array([len(h) for h in hists], np.int64)
-    occ = np.concatenate(hists) if rows else np.zeros(0, np.int64)
+    occ, hist_tok, tok_occ, within, r, in_row = _item_tokens(pm, hists)
     unique, inverse = np.unique(occ, return_inverse=True)
-    occ_row = np.repeat(np.arange(rows), n_hist)
-    per_occ = _path_lengths(pm, occ)  # only the rows used: a whole-catalogue count costs ~50 ms at 2M items
-    hist_tok = np.bincount(occ_row, weights=per_occ, minlength=rows).astype(np.int64)
     tp = int(hist_tok.max(initial=0)) + 1  # + BOS (first column of each row's prompt)
     tgt = pm[np.asarray(targets, np.int64)] if targets is not None else np.zeros((rows, 0), np.int64)
     tlen = _path_lengths(pm, np.asarray(targets, np.int64)) if targets is not None else np.zeros(rows, np.int64)
@@ -82,11 +97,7 @@ def make_batch(paths, histories: Sequence[np.ndarray], targets: Optional[Sequenc
     sidp = np.zeros((rows, width), np.int64)
     valid = np.zeros((rows, width), bool)
     # BOS, then the history tokens right-aligned so the prompt ends at column tp - 1
-    tok_occ = np.repeat(np.arange(len(occ)), per_occ)
-    within = np.arange(len(tok_occ)) - np.repeat(np.cumsum(per_occ) - per_occ, per_occ)
-    r = occ_row[tok_occ]
-    row_start = np.cumsum(hist_tok) - hist_tok
-    col = tp - hist_tok[r] + (np.arange(len(tok_occ)) - row_start[r])
+    col = tp - hist_tok[r] + in_row
     tokens[r, col], slot[r, col], hpos[r, col], sidp[r, col] = pm[occ[tok_occ], within], inverse[tok_occ], within, \
         within + 1
     valid[r, col] = True
@@ -128,22 +139,16 @@ def make_sequence_batch(paths, sequences: Sequence[np.ndarray]) -> Batch:
     rows = len(sequences)
     seqs = [np.asarray(q, dtype=np.int64) for q in sequences]
     n_items = np.array([len(q) for q in seqs], np.int64)
-    occ = np.concatenate(seqs) if rows else np.zeros(0, np.int64)
-    occ_row = np.repeat(np.arange(rows), n_items)
+    occ, item_tok, tok_occ, within, r, in_row = _item_tokens(pm, seqs)
     first = np.zeros(len(occ), bool)
     first[np.cumsum(n_items)[n_items > 0] - n_items[n_items > 0]] = True
-    per_occ = _path_lengths(pm, occ)
-    row_tok = np.bincount(occ_row, weights=per_occ, minlength=rows).astype(np.int64) + 1  # + BOS
+    row_tok = item_tok + 1  # + BOS
     width = int(row_tok.max(initial=1))
     tokens = np.full((rows, width), PAD, np.int64)
     sidp = np.zeros((rows, width), np.int64)
     valid = np.zeros((rows, width), bool)
     labels = np.full((rows, width), IGNORE, np.int64)
-    tok_occ = np.repeat(np.arange(len(occ)), per_occ)
-    within = np.arange(len(tok_occ)) - np.repeat(np.cumsum(per_occ) - per_occ, per_occ)
-    r = occ_row[tok_occ]
-    row_start = np.cumsum(row_tok - 1) - (row_tok - 1)
-    col = width - (row_tok[r] - 1) + (np.arange(len(tok_occ)) - row_start[r])
+    col = width - item_tok[r] + in_row
     tok = pm[occ[tok_occ], within]
     tokens[r, col], sidp[r, col], valid[r, col] = tok, within + 1, True
     bos = width - row_tok
