@@ -114,6 +114,16 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     data = _load_data(args)
     vectors, info = _vectors(args, data, device)
     print(f"{data.name}: vectors {vectors.shape}, {'cache hit' if info.get('cached') else 'built'}: {info.get('path')}")
+    if info.get("config") and not args.no_signal:
+        from .vectors import VectorConfig
+        from .vectors.build import block_signal
+
+        sig = block_signal(data, VectorConfig(**{**info["config"], "sources": tuple(info["config"]["sources"])}),
+                           vectors, cache_dir=args.cache_dir, device=str(device))
+        print("last-item nearest-neighbour Recall@10 (test queries; popularity alone "
+              f"{sig.pop('popularity'):.4f}):")
+        for name, r in sig.items():
+            print(f"  {name:8s} {r:.4f}")
     if args.save:
         from .atomic import save_npy_atomic
         save_npy_atomic(args.save, vectors)
@@ -197,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     vec = sub.add_parser("vectors", help="build (or find cached) item vectors")
     _data_args(vec)
     vec.add_argument("--save", help="write the vectors to this .npy")
+    vec.add_argument("--no-signal", action="store_true",
+                     help="skip the per-block last-item nearest-neighbour Recall@10 report")
     vec.set_defaults(func=cmd_vectors)
     enc = sub.add_parser("encode", help="tokenize a whole catalogue of item vectors in chunks (progress bar, "
                                          "diagnostics); a freshly initialised tokenizer, for kernel-scale runs")

@@ -47,6 +47,12 @@ PRESETS = {
         "rqkmeans": {"levels": 3, "codes": 48, "n_init": 1},
         "gaoq": {},  # b = 32 x 3 (GAOQConfig): 32^3 leaves >> 1000 items, no dedup token
         "rqvae": {"levels": 3, "codes": 48, "epochs": 100},
+        "generator_kind": "encdec",
+        "encdec": {"hidden": 64, "heads": 2, "ffn": 256},
+        "sasrec": {},
+        "fit": {"epochs": 40, "batch_size": 64, "eval_every": 4, "patience": 12, "val_users": 300,
+                "max_history": 20, "warmup_steps": 100, "num_beams": 20, "eval_batch_size": 128},
+        "markov": {},
     },
     # One GPU, one seed of Beauty in under 10 minutes, several runs side by side: SPEC's model
     # settings with a shorter training budget, and history items entering as hard token
@@ -68,6 +74,11 @@ PRESETS = {
         "rqkmeans": {"levels": 3, "codes": 256},
         "gaoq": {},
         "rqvae": {"levels": 3, "codes": 256},
+        "generator_kind": "encdec",
+        "encdec": {},
+        "sasrec": {"dropout": 0.5},
+        "fit": {"epochs": 60, "eval_every": 3, "patience": 15},
+        "markov": {},
     },
     "paper": {
         "synthetic": {},
@@ -79,18 +90,28 @@ PRESETS = {
         "rqkmeans": {"levels": 3, "codes": 256},
         "gaoq": {},
         "rqvae": {"levels": 3, "codes": 256},
+        "generator_kind": "decoder",
+        "encdec": {},
+        "sasrec": {},
+        "fit": {},
+        "markov": {},
     },
 }
+"""Each preset's `generator_kind` picks the generator (`--generator` overrides): "encdec" (the
+item-level encoder-decoder, `capsid.generator.seq`, trained by `capsid.stage2.fit` with the
+`fit` section) or "decoder" (the token-level causal Transformer of `generator`/`stage2`, the
+only one with CAPSID's soft inputs). The `sasrec` and `fit` sections also drive the SASRec
+anchor, `markov` the Markov anchor (`--anchors`)."""
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
     """'stage2.epochs=5' -> ('stage2', 'epochs', 5); values are JSON (true, 1e-3, "x") or a bare string."""
     key, sep, value = text.partition("=")
     section, dot, field = key.partition(".")
-    if not sep or not dot or section not in PRESETS["cpu"] or section == "threads" or not field:
+    sections = [k for k, v in PRESETS["cpu"].items() if isinstance(v, dict)]
+    if not sep or not dot or section not in sections or not field:
         raise argparse.ArgumentTypeError(
-            f"--set {text!r}: expected SECTION.FIELD=VALUE with SECTION one of "
-            f"{', '.join(k for k in PRESETS['cpu'] if k != 'threads')}")
+            f"--set {text!r}: expected SECTION.FIELD=VALUE with SECTION one of {', '.join(sections)}")
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError:
@@ -118,9 +139,13 @@ def _section_class(section: str):
     from .data import SyntheticConfig
     from .generator import GeneratorConfig
     from .stage1 import Stage1Config
+    from .anchors import MarkovConfig, SASRecConfig
+    from .generator.seq import EncDecConfig
     from .stage2 import Stage2Config
+    from .stage2.fit import FitConfig
 
-    return {"synthetic": SyntheticConfig, "tokenizer": ck.CapsIDConfig, "stage1": Stage1Config,
+    return {"encdec": EncDecConfig, "sasrec": SASRecConfig, "fit": FitConfig, "markov": MarkovConfig,
+            "synthetic": SyntheticConfig, "tokenizer": ck.CapsIDConfig, "stage1": Stage1Config,
             "bpe": SemanticBPEConfig, "generator": GeneratorConfig, "stage2": Stage2Config,
             "rqkmeans": RQKMeansConfig, "gaoq": GAOQConfig, "rqvae": RQVAEConfig}[section]
 
@@ -294,36 +319,131 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
     write_text_atomic(run_dir / "item_paths.json", json.dumps({"vocab_size": items.vocab_size, "paths": items.paths,
                                                          "merges": items.merges}))
     t1 = time.perf_counter()
-    g_over = dict(preset["generator"])
-    g_over["max_item_tokens"] = max(g_over.get("max_item_tokens", 8), items.max_path)
-    gcfg = GeneratorConfig(**g_over)
-    s2_over = dict(preset["stage2"])
-    if args.stage2_epochs is not None:
-        s2_over["epochs"] = args.stage2_epochs
-    s2 = Stage2Config(seed=seed, **s2_over)
-    model = Generator(items.vocab_size, gcfg, token_init=items.token_init, has_init=items.has_init, seed=seed)
-    split = data.split(max_history=s2.max_history)
+    kind = generator_kind(args)
     pop = data.popularity()
-    res = train_stage2(model, items, split, pop, s2, device=device, out_dir=run_dir, show_progress=not args.quiet)
-    t2 = time.perf_counter()
-    metrics = evaluate(res.recommender, split.test.histories(), split.test.target, tiers=data.tiers(),
-                       ks=tuple(args.ks), num_beams=args.beams, batch_size=s2.eval_batch_size)
+    if kind == "encdec":
+        from .eval import build_item_trie
+        from .generator.seq import EncDecConfig, EncDecGenerator, EncDecRecommender
+        from .stage2.fit import FitConfig, fit_sequential
+        from .stage2.train import items_fingerprint
+
+        fcfg = FitConfig(seed=seed, **_fit_overrides(preset, args))
+        gcfg = EncDecConfig(**{"max_len": fcfg.max_history, **preset["encdec"]})
+        split = data.split(max_history=fcfg.max_history)
+        model = EncDecGenerator(items, gcfg, seed=seed)
+        rec = EncDecRecommender(model, build_item_trie(items, pop, device), fcfg.max_history)
+        res = fit_sequential(model, rec, split, fcfg, device=device, out_dir=run_dir, show_progress=not args.quiet,
+                             identity={"generator": gcfg.to_dict(), "items": items_fingerprint(items)})
+        t2 = time.perf_counter()
+        metrics = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
+                           num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
+        train_info = {"stage2_best_epoch": res.best_epoch, "stage2_epochs_run": len(res.history),
+                      "stage2_stopped_by": res.stopped_by, "val_recall@10": res.best_val.get("recall@10"),
+                      "val_ndcg@10": res.best_val.get("ndcg@10"), "generator_kind": kind,
+                      "generator": gcfg.to_dict(), "fit": fcfg.to_dict()}
+    else:
+        g_over = dict(preset["generator"])
+        g_over["max_item_tokens"] = max(g_over.get("max_item_tokens", 8), items.max_path)
+        gcfg = GeneratorConfig(**g_over)
+        s2_over = dict(preset["stage2"])
+        if args.stage2_epochs is not None:
+            s2_over["epochs"] = args.stage2_epochs
+        s2 = Stage2Config(seed=seed, **s2_over)
+        model = Generator(items.vocab_size, gcfg, token_init=items.token_init, has_init=items.has_init, seed=seed)
+        split = data.split(max_history=s2.max_history)
+        res = train_stage2(model, items, split, pop, s2, device=device, out_dir=run_dir, show_progress=not args.quiet)
+        t2 = time.perf_counter()
+        metrics = evaluate(res.recommender, split.test.histories(), split.test.target, tiers=data.tiers(),
+                           ks=tuple(args.ks), num_beams=args.beams, batch_size=s2.eval_batch_size)
+        train_info = {"stage2_best_epoch": res.best_epoch, "stage2_epochs_run": len(res.history),
+                      "stage2_stopped_by": (res.history[-1].get("stopped_by") if res.history else None)
+                      or ("patience" if res.stopped_early else "epochs"),
+                      "val_recall@10": res.best_val_recall10, "generator_kind": kind,
+                      "generator": gcfg.to_dict(), "stage2": s2.to_dict()}
     t3 = time.perf_counter()
+    metrics["not_first_in_leaf"] = not_first_in_leaf(items, pop, split.test.target)
     out = {"dataset": data.name, "variant": variant, "seed": seed, "device": str(device),
            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "preset": args.preset, **info, "stage2_best_epoch": res.best_epoch,
-           "stage2_epochs_run": len(res.history),
-           "stage2_stopped_by": (res.history[-1].get("stopped_by") if res.history else None)
-           or ("patience" if res.stopped_early else "epochs"),
-           "val_recall@10": res.best_val_recall10, **metrics,
-           "seconds": {"tokenizer": t1 - t0, "stage2": t2 - t1, "eval": t3 - t2, "total": t3 - t0},
-           "generator": gcfg.to_dict(), "stage2": s2.to_dict()}
+           "preset": args.preset, **info, **train_info, **metrics,
+           "seconds": {"tokenizer": t1 - t0, "stage2": t2 - t1, "eval": t3 - t2, "total": t3 - t0}}
+    write_text_atomic(run_dir / "results.json", json.dumps(out, indent=1))
+    return out
+
+
+def generator_kind(args) -> str:
+    kind = getattr(args, "generator", None) or PRESETS[args.preset].get("generator_kind", "decoder")
+    if kind not in ("encdec", "decoder"):
+        raise ValueError(f"--generator: expected 'encdec' or 'decoder', got {kind!r}")
+    return kind
+
+
+def _fit_overrides(preset: dict, args) -> dict:
+    over = dict(preset["fit"])
+    if getattr(args, "stage2_epochs", None) is not None:
+        over["epochs"] = args.stage2_epochs
+    return over
+
+
+def not_first_in_leaf(items, popularity: np.ndarray, targets: np.ndarray) -> float:
+    """Share of test targets that share their whole path with a more popular item (or an equally
+    popular one of lower id): the trie ranks that item first in the leaf (SPEC §7)."""
+    pm = items.path_matrix()
+    _, group = np.unique(pm, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    pop = np.asarray(popularity, np.float64)
+    order = np.lexsort((np.arange(len(pop)), -pop))
+    first = {}
+    for i in order:
+        first.setdefault(int(group[i]), int(i))
+    t = np.asarray(targets)
+    return float(np.mean([first[int(group[x])] != int(x) for x in t])) if len(t) else float("nan")
+
+
+def run_anchor(name: str, seed: int, data, args, device) -> dict:
+    """One anchor row (SPEC §8) on the same split, metrics and tiers as the generative rows."""
+    import torch
+
+    from .anchors import MarkovConfig, SASRec, SASRecConfig, SASRecRecommender, fit_markov
+    from .eval.evaluate import evaluate
+    from .stage2.fit import FitConfig, fit_sequential
+
+    preset = preset_settings(args)
+    run_dir = Path(args.out) / data.name / name / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    fcfg = FitConfig(seed=seed, **_fit_overrides(preset, args))
+    split = data.split(max_history=fcfg.max_history)
+    pop = data.popularity()
+    info: dict = {}
+    if name in ("markov", "markov1"):
+        mcfg = MarkovConfig(**{**preset["markov"], **({"order": 1} if name == "markov1" else {})})
+        rec, info = fit_markov(data.n_items, split.train, pop, split.valid.histories(), split.valid.target, mcfg.order)
+        info["markov"] = dataclasses.asdict(mcfg)
+    elif name == "sasrec":
+        torch.manual_seed(seed)
+        scfg = SASRecConfig(**{"max_len": fcfg.max_history, **preset["sasrec"]})
+        model = SASRec(data.n_items, scfg, seed=seed)
+        rec = SASRecRecommender(model, fcfg.max_history)
+        res = fit_sequential(model, rec, split, fcfg, device=device, out_dir=run_dir, show_progress=not args.quiet,
+                             identity={"sasrec": scfg.to_dict(), "data": data.fingerprint()})
+        info = {"stage2_best_epoch": res.best_epoch, "stage2_epochs_run": len(res.history),
+                "stage2_stopped_by": res.stopped_by, "val_recall@10": res.best_val.get("recall@10"),
+                "val_ndcg@10": res.best_val.get("ndcg@10"), "sasrec": scfg.to_dict(), "fit": fcfg.to_dict()}
+    else:
+        raise ValueError(f"--anchors: unknown {name!r}; choose from markov, markov1, sasrec")
+    t1 = time.perf_counter()
+    metrics = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
+                       num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
+    out = {"dataset": data.name, "variant": name, "seed": seed, "device": str(device),
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "preset": args.preset, **info, **metrics,
+           "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1, "total": time.perf_counter() - t0}}
     write_text_atomic(run_dir / "results.json", json.dumps(out, indent=1))
     return out
 
 
 TABLE_COLUMNS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "code_recall@50", "head_recall@10",
-                 "torso_recall@10", "tail_recall@10", "cold_recall@10", "mean_length", "latency_ms_per_query")
+                 "torso_recall@10", "tail_recall@10", "cold_recall@10", "mean_length", "not_first_in_leaf", "latency_ms_per_query")
 
 
 def results_table(rows: list[dict]) -> str:
@@ -359,13 +479,18 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder in the Amazon layout")
     p.add_argument("--name", default="Beauty", help="Amazon dataset name (<name>.txt)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic catalogue")
-    p.add_argument("--tokenizer", nargs="+", default=["capsid"], type=_tokenizer_name, metavar="NAME",
+    p.add_argument("--tokenizer", nargs="*", default=["capsid"], type=_tokenizer_name, metavar="NAME",
                    help=f"one or more of: {', '.join(VARIANTS)} (aliases: "
                         f"{', '.join(f'{a}={b}' for a, b in ALIASES.items())}; default capsid)")
+    p.add_argument("--anchors", nargs="*", default=[], choices=["markov", "markov1", "sasrec"],
+                   help="anchor rows in the same table (SPEC §8): markov (back-off), markov1, sasrec")
+    p.add_argument("--generator", choices=["encdec", "decoder"], default=None,
+                   help="generator (default: the preset's generator_kind)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     p.add_argument("--vectors", help="item vectors .npy [n_items, d] (else built by capsid.vectors)")
-    p.add_argument("--vector-sources", default="content,collab,attr")
+    p.add_argument("--vector-sources", default="content,cooc",
+                   help="item-vector sources when --vectors is not given (capsid vectors prints each one's signal)")
     p.add_argument("--stage2-epochs", type=int, default=None)
     p.add_argument("--set", action="append", type=parse_override, metavar="SECTION.FIELD=VALUE",
                    help="override one preset setting, e.g. --set stage2.patience=5 --set tokenizer.capsules=128 "
@@ -399,6 +524,12 @@ def run(args) -> int:
     print(f"data {data.name}: {data.n_items} items, {len(data.sequences)} users; vectors {x.shape} "
           f"({vinfo.get('source', vinfo.get('key', ''))}); device {device}", flush=True)
     rows = []
+    for anchor in dict.fromkeys(args.anchors):
+        for seed in args.seeds:
+            r = run_anchor(anchor, seed, data, args, device)
+            rows.append(r)
+            print(f"{anchor} seed {seed}: Recall@10 {r['recall@10']:.4f} NDCG@10 {r['ndcg@10']:.4f} "
+                  f"({r['seconds']['total']:.0f} s)", flush=True)
     for variant in dict.fromkeys(canonical(v) for v in args.tokenizer):
         for seed in args.seeds:
             r = run_one(variant, seed, data, x, args, device)

@@ -102,22 +102,8 @@ class Generator(nn.Module):
         for blk in self.blocks:  # GPT-2: residual projections scaled by depth
             for lin in (blk.proj, blk.ff2):
                 lin.weight.mul_(1.0 / math.sqrt(2 * self.config.layers))
-        if token_init is None:
-            return
-        init = token_init.detach().float().cpu()
-        if init.shape[0] != self.vocab_size:
-            raise ValueError(f"token_init: {init.shape[0]} rows for vocab_size {self.vocab_size}")
-        h = self.config.hidden
-        if init.shape[1] != h:
-            q, _ = torch.linalg.qr(torch.randn(max(init.shape[1], h), min(init.shape[1], h), generator=g,
-                                               dtype=torch.float64))
-            proj = (q if init.shape[1] >= h else q.T).float()
-            init = init @ proj  # rows are rescaled below, so only directions matter
-        has = torch.ones(init.shape[0], dtype=torch.bool) if has_init is None else has_init.cpu().bool()
-        norms = init[has].norm(dim=1)
-        if has.any() and float(norms.mean()) > 0:
-            init = init * (self.config.init_norm * std * math.sqrt(h) / float(norms.mean()))
-            self.tok.weight[has] = init[has].to(self.tok.weight.dtype)
+        if token_init is not None:
+            warm_start_tokens(self.tok.weight, token_init, has_init, self.config.init_norm, std, seed, g)
 
     # ------------------------------------------------------------------ full forward
 
@@ -196,3 +182,26 @@ class Generator(nn.Module):
         c = self.config
         z = torch.zeros(rows, c.heads, 0, c.hidden // c.heads, device=device, dtype=dtype)
         return BeamCache([z] * c.layers, [z] * c.layers)
+
+
+@torch.no_grad()
+def warm_start_tokens(weight: Tensor, token_init: Tensor, has_init: Optional[Tensor], init_norm: float, std: float,
+                      seed: int, g: Optional[torch.Generator] = None) -> None:
+    """Overwrite the rows of a token table [V, h] that have a warm start (`has_init`) with
+    `token_init` [V, d] (codebook centres), projected to h by a fixed random orthonormal map when
+    d != h and rescaled to a mean row norm of init_norm * std * sqrt(h)."""
+    g = g if g is not None else torch.Generator().manual_seed(seed)
+    init = token_init.detach().float().cpu()
+    if init.shape[0] != weight.shape[0]:
+        raise ValueError(f"token_init: {init.shape[0]} rows for vocab_size {weight.shape[0]}")
+    h = weight.shape[1]
+    if init.shape[1] != h:
+        q, _ = torch.linalg.qr(torch.randn(max(init.shape[1], h), min(init.shape[1], h), generator=g,
+                                           dtype=torch.float64))
+        proj = (q if init.shape[1] >= h else q.T).float()
+        init = init @ proj  # rows are rescaled below, so only directions matter
+    has = torch.ones(init.shape[0], dtype=torch.bool) if has_init is None else has_init.cpu().bool()
+    norms = init[has].norm(dim=1)
+    if has.any() and float(norms.mean()) > 0:
+        init = init * (init_norm * std * math.sqrt(h) / float(norms.mean()))
+        weight[has] = init[has].to(device=weight.device, dtype=weight.dtype)

@@ -20,7 +20,7 @@ import numpy as np
 from ..atomic import write_atomic
 from ..data.dataset import DataError, SequenceDataset
 from .attributes import attribute_vectors
-from .collaborative import collaborative_vectors
+from .collaborative import collaborative_vectors, cooccurrence_vectors
 from .config import VectorConfig
 from .content import content_model_id, content_vectors
 
@@ -105,6 +105,9 @@ def _source_block(data: SequenceDataset, cfg: VectorConfig, source: str, device:
             heads=cfg.collab_heads, epochs=cfg.collab_epochs, batch_size=cfg.collab_batch,
             lr=cfg.collab_lr, max_len=cfg.collab_max_len, seed=cfg.seed, device=device,
             show_progress=show_progress)
+    if source == "cooc":
+        return cooccurrence_vectors(data.split().train, data.n_items, dim=cfg.cooc_dim, window=cfg.cooc_window,
+                                    seed=cfg.seed)
     if data.item_attributes is None:
         raise DataError(f"{data.name}: source 'attr' needs item attributes and there are none")
     return attribute_vectors(data.item_attributes)
@@ -113,7 +116,7 @@ def _source_block(data: SequenceDataset, cfg: VectorConfig, source: str, device:
 def _cached_block(data: SequenceDataset, cfg: VectorConfig, source: str, cache_dir: Path, device: str,
                   show_progress: bool) -> np.ndarray:
     """One source's block, cached on its own: changing another source or d reuses it."""
-    if source in ("given", "attr"):  # cheap: never cached
+    if source in ("given", "attr", "cooc"):  # cheap: never cached
         return _source_block(data, cfg, source, device, show_progress)
     settings = {"content": {"batch": cfg.content_batch, "model": content_model_id()},
                 "collab": {k: v for k, v in cfg.to_dict().items() if k.startswith("collab_") or k == "seed"}}[source]
@@ -160,3 +163,17 @@ def load_cached_array(path: Path, *, rows: int, cols: int | None = None, dtype=N
 def _stale(path: Path, why: str) -> None:
     warnings.warn(f"{path}: cached vectors rejected: {why}; rebuilding", RuntimeWarning, stacklevel=3)
     return None
+
+
+def block_signal(data: SequenceDataset, cfg: VectorConfig, vectors: np.ndarray, *, cache_dir: Path | None = None,
+                 device: str = "cpu", k: int = 10) -> dict[str, float]:
+    """Last-item nearest-neighbour Recall@k (test queries) of each source block, of the final
+    vectors and of popularity alone, so that a block that carries no next-item signal shows."""
+    from .diagnostics import last_item_nn_recall, popularity_recall
+
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = {"popularity": popularity_recall(data, k)}
+    for source in cfg.sources:
+        out[source] = last_item_nn_recall(_cached_block(data, cfg, source, cache_dir, device, False), data, k)
+    out["final"] = last_item_nn_recall(vectors, data, k)
+    return out

@@ -75,3 +75,39 @@ def collaborative_vectors(train: list[np.ndarray], n_items: int, *, dim: int = 6
             loss.backward()
             opt.step()
     return model.item.weight[1:].detach().cpu().numpy().astype(np.float32)
+
+
+def cooccurrence_vectors(train: list[np.ndarray], n_items: int, dim: int = 64, window: int = 3,
+                         seed: int = 0) -> np.ndarray:
+    """Item vectors [n_items, dim] from the training split's co-occurrence: pairs of items at most
+    `window` steps apart in a user's training sequence (weight 1 / distance, both directions),
+    positive pointwise mutual information, truncated SVD (U * sqrt(S)). Deterministic and
+    seconds on a CPU; items without any co-occurrence get a zero row (the other blocks cover them)."""
+    from scipy import sparse
+    from scipy.sparse.linalg import svds
+
+    rows, cols, vals = [], [], []
+    for s in train:
+        s = np.asarray(s, np.int64)
+        for dist in range(1, window + 1):
+            if len(s) > dist:
+                rows += [s[:-dist], s[dist:]]
+                cols += [s[dist:], s[:-dist]]
+                vals += [np.full(len(s) - dist, 1.0 / dist)] * 2
+    if not rows:
+        return np.zeros((n_items, dim), np.float32)
+    c = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                          shape=(n_items, n_items))
+    c.sum_duplicates()
+    total = c.sum()
+    marg = np.asarray(c.sum(1)).ravel()
+    coo = c.tocoo()
+    pmi = np.log(coo.data * total / (marg[coo.row] * marg[coo.col]))
+    keep = pmi > 0
+    ppmi = sparse.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=(n_items, n_items))
+    k = max(1, min(dim, n_items - 2))
+    v0 = np.random.default_rng(seed).standard_normal(n_items)
+    u, s_, _ = svds(ppmi, k=k, v0=v0)
+    out = np.zeros((n_items, dim), np.float32)
+    out[:, :k] = (u * np.sqrt(s_))[:, ::-1]
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-SOURCES = ("given", "content", "collab", "attr")
+SOURCES = ("given", "content", "collab", "cooc", "attr")
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,8 @@ class VectorConfig:
     """sources: any of "given" (vectors shipped with the data, e.g. the synthetic catalogue),
         "content" (sentence embedding of "title; brand; categories; price"; needs the
         `vectors` extra), "collab" (item embeddings of a SASRec trained on the training
-        split only), "attr" (idf-weighted multi-hot item attributes).
+        split only), "cooc" (truncated SVD of the positive PMI of items that co-occur within
+        `cooc_window` steps in the training split: collaborative, deterministic, seconds), "attr" (idf-weighted multi-hot item attributes).
     d: output dimension after the SVD reduction; vectors come out ell2-normalised.
     collab_*: the SASRec: hidden size, layers, heads, epochs, batch, learning rate, history cap.
     content_batch: sentences per encoder batch.
@@ -29,6 +30,8 @@ class VectorConfig:
     collab_batch: int = 256
     collab_lr: float = 1e-3
     collab_max_len: int = 50
+    cooc_dim: int = 64
+    cooc_window: int = 3
     content_batch: int = 256
     seed: int = 0
 

@@ -1,0 +1,222 @@
+"""One training protocol for the item-level sequence models (encoder-decoder generator, SASRec).
+
+Every training window (`training_windows`: up to max_history + 1 consecutive training items)
+is one row; every item after the first is a target. AdamW with linear warm-up and cosine
+decay to `min_lr` times the peak over the epoch budget, gradient-norm clipping, bf16 autocast
+on CUDA. Every `eval_every` epochs the model ranks the validation users (a fixed seeded subset
+of `val_users`, or all) and NDCG@10 decides early stopping (`patience` in epochs) and the best
+state; the test is run once, by the caller, at that best state. After every epoch an atomic
+checkpoint (safetensors + JSON header: model, best model, optimizer, history) is written; a
+rerun in the same folder resumes after the last finished epoch with the same result as an
+uninterrupted run (shuffling and dropout are seeded from (seed, epoch)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..data import Split
+from ..eval.metrics import ranking_metrics
+from ..generator.seq import window_tensors
+from .samples import bucketed_batches, training_windows, window_batch
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """epochs: the budget the cosine decays over; warmup_steps: linear warm-up; lr, min_lr
+    (fraction of lr at the end), weight_decay, grad_clip (None = off), betas: AdamW;
+    batch_size: windows per step; eval_every: epochs between validations; patience: epochs
+    without a better validation NDCG@10 before stopping; val_users: validation subset size
+    (None = all); num_beams: beam width of generative models; eval_batch_size: queries per
+    decoding batch; max_history: window length in items (SPEC §8: 50); length_buckets: see
+    `bucketed_batches`; max_seconds: wall-clock budget (not part of the run's identity)."""
+
+    epochs: int = 200
+    lr: float = 1e-3
+    min_lr: float = 0.05
+    warmup_steps: int = 300
+    weight_decay: float = 0.05
+    grad_clip: Optional[float] = 1.0
+    beta2: float = 0.98
+    batch_size: int = 256
+    eval_every: int = 2
+    patience: int = 20
+    val_users: Optional[int] = 8192
+    num_beams: int = 50
+    eval_batch_size: int = 256
+    max_history: int = 50
+    length_buckets: int = 16
+    max_seconds: Optional[float] = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for n in ("epochs", "batch_size", "eval_every", "patience", "num_beams", "eval_batch_size", "max_history",
+                  "length_buckets"):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"FitConfig.{n}: expected an integer >= 1, got {v!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"FitConfig.warmup_steps: expected an integer >= 0, got {self.warmup_steps!r}")
+        for n, lo, hi in (("lr", 0, math.inf), ("min_lr", 0, 1), ("weight_decay", 0, math.inf), ("beta2", 0, 1)):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or (n == "lr" and v == 0):
+                raise ValueError(f"FitConfig.{n}: expected a number in [{lo}, {hi}]{' above 0' if n == 'lr' else ''}, "
+                                 f"got {v!r}")
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+            raise ValueError(f"FitConfig.grad_clip: expected None or a number > 0, got {self.grad_clip!r}")
+        if self.val_users is not None and (isinstance(self.val_users, bool) or not isinstance(self.val_users, int)
+                                           or self.val_users < 1):
+            raise ValueError(f"FitConfig.val_users: expected None or an integer >= 1, got {self.val_users!r}")
+        if self.max_seconds is not None and not (isinstance(self.max_seconds, (int, float)) and self.max_seconds >= 0):
+            raise ValueError(f"FitConfig.max_seconds: expected None or a number >= 0, got {self.max_seconds!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        return {k: v for k, v in self.to_dict().items() if k != "max_seconds"}
+
+
+def learning_rate(cfg: FitConfig, step: int, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    best_val: dict
+    stopped_by: str
+    seconds: float
+
+
+def _autocast(device: torch.device):
+    import contextlib
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def validation_users(split: Split, cfg: FitConfig) -> np.ndarray:
+    n = split.valid.target.shape[0]
+    pick = np.random.default_rng(cfg.seed).permutation(n)
+    return np.sort(pick[: cfg.val_users] if cfg.val_users else pick)
+
+
+def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitConfig = FitConfig(), *,
+                   device=None, out_dir: Optional[Path] = None, resume: bool = True, identity: Optional[dict] = None,
+                   show_progress: bool = True, log: Optional[Callable[[dict], None]] = None) -> FitResult:
+    """Train `model` (anything with `loss(items [B, T], targets [B, T]) -> (mean loss, count)`)
+    on `split.train`; `recommender.recommend(histories, num_beams, top_k, batch_size)` ranks the
+    validation users. Leaves the best state loaded and the model in eval mode."""
+    from ..stage1.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint, write_atomic
+
+    start = time.perf_counter()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    model.to(device)
+    windows = training_windows(split.train, cfg.max_history)
+    if len(windows) == 0:
+        raise ValueError("split.train: no user has 2 training items, so there is nothing to train on")
+    lengths = np.minimum(windows[:, 1], cfg.max_history + 1)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    rest = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
+    steps_per_epoch = len(bucketed_batches(windows, cfg.batch_size, cfg.max_history, cfg.length_buckets,
+                                           np.random.default_rng(0), lengths))
+    total = cfg.epochs * steps_per_epoch
+    users = validation_users(split, cfg)
+    val_hist = [split.valid.history[u, : split.valid.length[u]] for u in users]
+    val_target = split.valid.target[users]
+
+    history: list[dict] = []
+    best, best_epoch, first = -1.0, -1, 0
+    best_val: dict = {}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ckpt = Path(out_dir) / "fit.safetensors" if out_dir is not None else None
+    key = json.loads(json.dumps({"fit": cfg.identity(), "model": identity or {}}))
+    if ckpt is not None and resume and ckpt.is_file():
+        tensors, meta = load_checkpoint(ckpt)
+        if {k: meta.get(k) for k in key} != key:
+            raise ValueError(f"{ckpt}: written with other settings or another model; use another output folder "
+                             "or resume=False")
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+        restore_optimizer(opt, tensors, meta["optimizer"])
+        history, best, best_epoch, best_val = meta["history"], meta["best"], meta["best_epoch"], meta["best_val"]
+        first = meta["epoch"] + 1
+    stopped_by = "epochs"
+    if history and history[-1].get("stop"):
+        stopped_by, first = history[-1]["stop"], cfg.epochs
+    for epoch in range(first, cfg.epochs):
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        rng = np.random.default_rng(cfg.seed * 7_919 + epoch)
+        perm = rng.permutation(len(windows))
+        batches = bucketed_batches(windows[perm], cfg.batch_size, cfg.max_history, cfg.length_buckets, rng,
+                                   lengths[perm])
+        model.train()
+        loss_sum, n_sum = 0.0, 0
+        losses = []
+        for i, chosen in enumerate(batches):
+            lr = learning_rate(cfg, epoch * steps_per_epoch + i, total)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            inp, tgt = window_tensors(window_batch(split.train, chosen, cfg.max_history))
+            with _autocast(device):
+                loss, n = model.loss(torch.as_tensor(inp, device=device), torch.as_tensor(tgt, device=device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(loss.detach() * n)
+            n_sum += n
+        loss_sum = float(torch.stack(losses).sum()) if losses else 0.0
+        elapsed = time.perf_counter() - start
+        record = {"epoch": epoch, "lr_end": lr, "train_loss": loss_sum / max(n_sum, 1), "seconds": elapsed}
+        late = cfg.max_seconds is not None and elapsed > cfg.max_seconds
+        if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or late:
+            ranked, _ = recommender.recommend(val_hist, num_beams=cfg.num_beams, top_k=10,
+                                              batch_size=cfg.eval_batch_size)
+            m = ranking_metrics(ranked, val_target, ks=(10,))
+            record.update({f"val_{k}": v for k, v in m.items()})
+            if m["ndcg@10"] > best:
+                best, best_epoch, best_val = m["ndcg@10"], epoch, m
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if epoch - best_epoch >= cfg.patience and best_epoch >= 0:
+            stopped_by = "patience"
+        if late:
+            stopped_by = "time"
+        record["best_epoch"] = best_epoch
+        if stopped_by != "epochs":
+            record["stop"] = stopped_by
+        history.append(record)
+        if show_progress:
+            print(f"[fit] epoch {epoch} loss {record['train_loss']:.4f} "
+                  f"val ndcg@10 {record.get('val_ndcg@10', float('nan')):.4f} best {best:.4f}@{best_epoch} "
+                  f"({elapsed:.0f} s)", flush=True)
+        if log is not None:
+            log(record)
+        if ckpt is not None:
+            opt_t, opt_m = flatten_optimizer(opt)
+            meta = {**key, "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
+                    "best_val": best_val, "optimizer": opt_m}
+            save_checkpoint(ckpt, {**{f"model.{k}": v for k, v in model.state_dict().items()},
+                                   **{f"best.{k}": v for k, v in best_state.items()}, **opt_t}, meta)
+            write_atomic(Path(out_dir) / "fit_log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+        if stopped_by != "epochs":
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(history, best_epoch, best_val, stopped_by, time.perf_counter() - start)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Issue 16's Beauty table on one GPU, in two device calls (each under 10 minutes):
+#   bash scripts/beauty_final.sh A   # Markov anchors, SASRec x3, RQ-KMeans x3, GAOQ x3 (10 processes)
+#   bash scripts/beauty_final.sh B   # RQ-VAE x3, CAPSID x3 (6 processes)
+# Vectors: .data/beauty_vectors_content_cooc.npy (capsid vectors --data DIR --sources content,cooc --save ...).
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1 FIT_SECONDS=${FIT_SECONDS:-420} JOB_TIMEOUT=${JOB_TIMEOUT:-580} \
+  VECTORS=${VECTORS:-.data/beauty_vectors_content_cooc.npy}
+case "${1:-A}" in
+  A) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 1" "@sasrec 2" \
+       "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" "gaoq 0" "gaoq 1" "gaoq 2" ;;
+  B) bash scripts/beauty_job.sh "rqvae 0" "rqvae 1" "rqvae 2" "capsid 0" "capsid 1" "capsid 2" ;;
+esac
