@@ -2,7 +2,8 @@
 
 Every training window (`training_windows`: up to max_history + 1 consecutive training items)
 is one row; every item after the first is a target. AdamW with linear warm-up and cosine
-decay to `min_lr` times the peak over the epoch budget, gradient-norm clipping, bf16 autocast
+decay to `min_lr` times the peak over the epoch budget or the time budget (whichever ends
+first), gradient-norm clipping, bf16 autocast
 on CUDA. Every `eval_every` epochs the model ranks the validation users (a fixed seeded subset
 of `val_users`, or all) and NDCG@10 decides early stopping (`patience` in epochs) and the best
 state; the test is run once, by the caller, at that best state. After every epoch an atomic
@@ -86,10 +87,15 @@ class FitConfig:
         return {k: v for k, v in self.to_dict().items() if k != "max_seconds"}
 
 
-def learning_rate(cfg: FitConfig, step: int, total: int) -> float:
+def learning_rate(cfg: FitConfig, step: int, total: int, elapsed: Optional[float] = None) -> float:
+    """Linear warm-up over `warmup_steps`, then a cosine from `lr` to `min_lr * lr` that ends at
+    `total` steps or, when `cfg.max_seconds` is set and `elapsed` given, at the time budget,
+    whichever comes first (so a run cut by its budget has decayed, not stopped at the peak)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    if cfg.max_seconds and elapsed is not None:
+        frac = max(frac, min(1.0, elapsed / cfg.max_seconds))
     return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
@@ -156,6 +162,7 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
         restore_optimizer(opt, tensors, meta["optimizer"])
         history, best, best_epoch, best_val = meta["history"], meta["best"], meta["best_epoch"], meta["best_val"]
         first = meta["epoch"] + 1
+        start -= history[-1]["seconds"] if history else 0.0
     stopped_by = "epochs"
     if history and history[-1].get("stop"):
         stopped_by, first = history[-1]["stop"], cfg.epochs
@@ -169,7 +176,8 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
         loss_sum, n_sum = 0.0, 0
         losses = []
         for i, chosen in enumerate(batches):
-            lr = learning_rate(cfg, epoch * steps_per_epoch + i, total)
+            lr = learning_rate(cfg, epoch * steps_per_epoch + i, total,
+                               time.perf_counter() - start if cfg.max_seconds else None)
             for group in opt.param_groups:
                 group["lr"] = lr
             inp, tgt = window_tensors(window_batch(split.train, chosen, cfg.max_history))
