@@ -179,15 +179,22 @@ def test_eager_op_passes_opcheck():
 def test_step_compiles_with_torch_compile():
     trie = build_trie([[3, 4, EOS], [3, EOS], [5, 6, EOS]], V)
     beams = initial_beams(2, 3, "cpu")
-    logits = torch.randn(6, V)
+    logits = torch.randn(6, V, generator=torch.Generator().manual_seed(11))
     from capsid_kernels.decode.beam_step_torch import beam_step_torch
 
     args = (logits, beams.node, beams.score, beams.finished, trie.child_start, trie.token, trie.end_bits, 3,
             trie.max_fanout)
     eager = beam_step_torch(*args)
     compiled = torch.compile(beam_step_torch, dynamic=False)(*args)
-    for a, c in zip(eager, compiled):
-        assert torch.equal(a, c)
+    # inductor fuses log-softmax differently, so scores agree to rounding, not bit for bit;
+    # the selection (tokens, parents, nodes, finished flags) must be identical
+    tok_e, parent_e, node_e, score_e, fin_e = eager
+    tok_c, parent_c, node_c, score_c, fin_c = compiled
+    assert torch.isfinite(score_e).sum() >= 3  # the step selected real candidates
+    for name, a, c in (("token", tok_e, tok_c), ("parent", parent_e, parent_c), ("node", node_e, node_c),
+                       ("finished", fin_e, fin_c)):
+        assert torch.equal(a, c), name
+    torch.testing.assert_close(score_c, score_e, rtol=1e-6, atol=1e-6)
 
 
 def test_hf_processor_masks_to_children():
