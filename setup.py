@@ -2,7 +2,8 @@
 
 The CUDA extension ``capsid_kernels._C`` is built whenever a CUDA build of torch and a CUDA
 toolkit are present, with or without a GPU. ``CAPSID_SKIP_CUDA_BUILD=1`` skips it; a CPU-only
-torch installs the pure-Python package. ``TORCH_CUDA_ARCH_LIST`` picks the architectures
+torch installs the pure-Python package. ``CAPSID_FORCE_CUDA_BUILD=1`` turns every reason for
+skipping the build into an error (use it where the extension must exist). ``TORCH_CUDA_ARCH_LIST`` picks the architectures
 (default "8.0;9.0": A100 and H100); ``MAX_JOBS`` caps parallel compiles (default: one per core
 and per 4 GB of memory, so a 2-core, 24 GB machine builds with 2 jobs).
 """
@@ -50,23 +51,31 @@ def _max_jobs() -> str:
     return str(max(1, min(os.cpu_count() or 1, int(mem_gb // 4))))
 
 
+def _skip(reason: str):
+    """No extension: an error under CAPSID_FORCE_CUDA_BUILD=1, otherwise said and the pure-Python package."""
+    if os.environ.get("CAPSID_FORCE_CUDA_BUILD") == "1":
+        raise RuntimeError(f"capsid-kernels: CAPSID_FORCE_CUDA_BUILD=1 but the CUDA extension cannot be built: {reason}")
+    _log(f"{reason}: installing the pure-Python package only (every op runs on its eager reference; "
+         "CAPSID_FORCE_CUDA_BUILD=1 makes this an error)")
+    return [], {}
+
+
 def _extensions():
     if os.environ.get("CAPSID_SKIP_CUDA_BUILD") == "1":
+        if os.environ.get("CAPSID_FORCE_CUDA_BUILD") == "1":
+            raise RuntimeError("capsid-kernels: CAPSID_SKIP_CUDA_BUILD=1 and CAPSID_FORCE_CUDA_BUILD=1 contradict")
         _log("CAPSID_SKIP_CUDA_BUILD=1: building the pure-Python package only")
         return [], {}
     try:
         import torch
     except ImportError:
-        _log("torch is not importable at build time: pure-Python package only (install torch first, "
-             "and build with --no-build-isolation to get the CUDA extension)")
-        return [], {}
+        return _skip("torch is not importable at build time (install torch first and build with "
+                     "pip install --no-build-isolation .)")
     if torch.version.cuda is None:
-        _log(f"torch {torch.__version__} is a CPU build: pure-Python package only")
-        return [], {}
+        return _skip(f"torch {torch.__version__} is a CPU build")
     cuda_home = _find_cuda_home()
     if cuda_home is None:
-        _log("no CUDA toolkit (nvcc + libcudart) found: pure-Python package only")
-        return [], {}
+        return _skip("no CUDA toolkit (nvcc + libcudart) found; set CUDA_HOME")
     os.environ["CUDA_HOME"] = cuda_home
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
     os.environ["MAX_JOBS"] = _max_jobs()

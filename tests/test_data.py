@@ -86,7 +86,7 @@ def test_synthetic_config_refuses_impossible_settings():
 
 
 def test_synthetic_item_vectors_are_chunk_independent():
-    torch = pytest.importorskip("torch")
+    import torch
     n, d = 40_000, 16  # spans three internal blocks, not a multiple of any of them
     ref = synthetic_item_vectors(n, d=d, seed=3)
     assert ref.shape == (n, d) and ref.dtype == torch.float32

@@ -11,7 +11,7 @@ def test_import_leaves_cuda_uninitialised():
         "import torch, capsid_kernels, capsid, capsid.data, capsid.cli;"
         "import capsid_kernels.info;"
         "assert not torch.cuda.is_initialized(), 'CUDA initialised by import';"
-        "import sys; assert 'triton' not in sys.modules or True; print('ok')"
+        "print('ok')"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
