@@ -54,14 +54,16 @@ def report() -> dict:
         "gpu": gpu,
         "extension": _ext.build_info() or {"error": _ext.error()},
         "ops": ops,
-        "auto_rules": [_route_cuda_rule()],
+        "auto_rules": _auto_rules(),
     }
 
 
-def _route_cuda_rule() -> str:
-    from .ops.route_cuda import AUTO_RULE
+def _auto_rules() -> list[str]:
+    """The shape rules that make 'auto' pick another backend than its dtype order says."""
+    from .decode.beam_step import AUTO_RULE as BEAM_RULE
+    from .ops.route_cuda import AUTO_RULE as ROUTE_RULE
 
-    return AUTO_RULE
+    return [ROUTE_RULE, BEAM_RULE]
 
 
 def main(argv=None) -> int:
@@ -84,9 +86,8 @@ def main(argv=None) -> int:
             if not args.short:
                 for backend, reason in entry["why_not"].items():
                     print(f"  {'':9s} {'':9s}   {backend}: {reason}")
-    from .ops.route_cuda import AUTO_RULE
-
-    print(f"shape rule: {AUTO_RULE}")
+    for rule in rep["auto_rules"]:
+        print(f"shape rule: {rule}")
     return 0
 
 

@@ -329,3 +329,21 @@ def test_hf_t5_adapter_matches_beam_search():
         best = best[: best.index(EOS)]
         assert tuple(best) == leaves[int(res.leaves[q, 0])]
         assert float(out.sequences_scores.view(2, 3)[q, 0]) == pytest.approx(float(res.scores[q, 0]), abs=1e-3)
+
+
+@pytest.mark.gpu
+def test_wide_beam_auto_warns_and_cuda_refuses():
+    import capsid_kernels.decode.beam_step as bs
+
+    trie = build_trie([[3, 4, EOS], [3, EOS], [5, EOS]], V, device="cuda")
+    b = bs.MAX_CUDA_BEAMS + 1
+    beams = initial_beams(1, b, "cuda")
+    logits = torch.randn(b, V, generator=torch.Generator().manual_seed(5)).cuda()
+    with pytest.raises(ValueError, match="num_beams: the cuda beam step takes at most"):
+        beam_step(logits, beams.node, beams.score, beams.finished, trie, b, backend="cuda")
+    bs._warned_wide = False
+    with pytest.warns(RuntimeWarning, match="above the cuda step's limit"):
+        got = beam_step(logits, beams.node, beams.score, beams.finished, trie, b, backend="auto")
+    ref = beam_step(logits, beams.node, beams.score, beams.finished, trie, b, backend="eager")
+    for a, e in zip(got, ref):
+        assert torch.equal(a, e)

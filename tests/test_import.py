@@ -24,6 +24,7 @@ def test_info_reports_every_op_and_why_not(capsys):
     for op in ("squash", "route", "tokenize"):
         assert op in text
     assert "triton: no Triton kernel" in text
+    assert "at most 128 beams" in text  # the cuda beam step's limit, behind auto's silent-looking fallback
     rep = capsid_kernels.info.report()
     for op, per_dtype in rep["ops"].items():
         for entry in per_dtype.values():

@@ -20,6 +20,9 @@ from .beam_step_torch import beam_step_torch
 from .trie import Trie
 
 MAX_CUDA_BEAMS = 128
+AUTO_RULE = (f"beam_step: the cuda step takes at most {MAX_CUDA_BEAMS} beams; 'auto' runs a wider beam on eager "
+             "and warns once")
+_warned_wide = False
 
 
 class StepOutput(NamedTuple):
@@ -128,6 +131,13 @@ def beam_step(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, tri
         if backend == "cuda":
             raise ValueError(f"num_beams: the cuda beam step takes at most {MAX_CUDA_BEAMS} beams, got "
                              f"{num_beams}; use backend='eager'")
+        global _warned_wide
+        if not _warned_wide:
+            import warnings
+
+            warnings.warn(f"beam_step: num_beams = {num_beams} is above the cuda step's limit of {MAX_CUDA_BEAMS}; "
+                          "'auto' runs this beam on the (much slower) eager backend", RuntimeWarning, stacklevel=2)
+            _warned_wide = True
         name = "eager"
     if name == "cuda":
         _ext.load()
