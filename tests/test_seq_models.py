@@ -108,12 +108,13 @@ def test_encdec_generator_trains_and_beats_popularity(data):
     assert all(len(set(row.tolist())) == 10 for row in ranked)  # beams end on distinct valid items
 
 
-def test_encdec_cached_decoding_matches_the_full_forward(data):
+@pytest.mark.parametrize("item_ids", [False, True])
+def test_encdec_cached_decoding_matches_the_full_forward(data, item_ids):
     """The first decoding steps (per-query cross K/V, self-attention cache) give the logits
     of the teacher-forced forward pass that training uses."""
     items = _rq_items(data)
     model = EncDecGenerator(items, EncDecConfig(hidden=32, heads=2, enc_layers=2, dec_layers=2, ffn=64, dropout=0.0,
-                                                max_len=20), seed=1).eval()
+                                                max_len=20, item_ids=item_ids), seed=1).eval()
     g = torch.Generator().manual_seed(5)
     hist = torch.randint(0, data.n_items, (3, 6), generator=g)
     hist[0, :2] = -1  # left padding
@@ -135,6 +136,22 @@ def test_encdec_cached_decoding_matches_the_full_forward(data):
             x = layer(x, ck, cv, cmask)
         full = model.logits(x)
     torch.testing.assert_close(torch.stack(step, 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_encdec_item_ids_add_a_per_item_embedding(data):
+    """With item_ids, a history item is its token sum plus its own row; padding stays zero."""
+    items = _rq_items(data)
+    cfg = dict(hidden=32, heads=2, enc_layers=1, dec_layers=1, ffn=64, max_len=20)
+    plain = EncDecGenerator(items, EncDecConfig(**cfg), seed=2)
+    model = EncDecGenerator(items, EncDecConfig(**cfg, item_ids=True), seed=2)
+    with torch.no_grad():
+        model.tok.weight.copy_(plain.tok.weight)
+        model.item.weight.normal_(generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[-1, 0, 5, data.n_items - 1]])
+    torch.testing.assert_close(model.item_vectors(ids) - plain.item_vectors(ids),
+                               torch.cat([torch.zeros(1, 1, 32), model.item.weight[ids[:, 1:]]], 1))
+    with pytest.raises(ValueError, match="item_ids"):
+        EncDecConfig(item_ids=1)
 
 
 def test_fit_resumes_to_the_uninterrupted_result(data, tmp_path):

@@ -57,7 +57,9 @@ class EncDecConfig:
     enc_layers over history items, dec_layers over the target's tokens; positions: the
     encoder's ("relative" or "absolute", see the module doc); max_len: longest history the
     position tables cover (SPEC §8: 50); warm_start: token rows start from the codebook
-    centres (SPEC §6) rather than at random; init_std: random init."""
+    centres (SPEC §6) rather than at random; init_std: random init; item_ids: a history item
+    enters as its token sum plus a learned per-item embedding (the output side stays the
+    SID tokens under the trie), so the encoder can tell apart items whose SIDs share tokens."""
 
     hidden: int = 128
     heads: int = 4
@@ -69,9 +71,12 @@ class EncDecConfig:
     max_len: int = 50
     warm_start: bool = True
     init_std: float = 0.02
+    item_ids: bool = False
 
     def __post_init__(self) -> None:
         _check_sizes(self, ("hidden", "heads", "enc_layers", "dec_layers", "ffn", "max_len"))
+        if not isinstance(self.item_ids, bool):
+            raise ValueError(f"EncDecConfig.item_ids: expected a bool, got {self.item_ids!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -248,6 +253,7 @@ class EncDecGenerator(nn.Module):
         self.vocab_size = items.vocab_size
         self.register_buffer("paths", torch.as_tensor(items.path_matrix()), persistent=False)  # [N, P]
         self.tok = nn.Embedding(items.vocab_size, c.hidden)
+        self.item = nn.Embedding(self.paths.shape[0], c.hidden) if c.item_ids else None
         self.encoder = ItemEncoder(c.hidden, c.heads, c.enc_layers, c.ffn, c.dropout, c.positions, c.max_len)
         self.dpos = nn.Embedding(self.paths.shape[1], c.hidden)
         self.ln_dec = nn.LayerNorm(c.hidden)
@@ -265,10 +271,14 @@ class EncDecGenerator(nn.Module):
         return self.tok.weight.device
 
     def item_vectors(self, ids: Tensor) -> Tensor:
-        """[...] item ids (-1 = padding) -> [..., h]: the sum of each item's token embeddings (EOS excluded)."""
+        """[...] item ids (-1 = padding) -> [..., h]: the sum of each item's token embeddings (EOS
+        excluded), plus its item embedding when `config.item_ids`; zero for padding."""
         p = self.paths[ids.clamp(min=0)]
         keep = (p >= FIRST_CODE) & (ids >= 0)[..., None]
-        return (self.tok(p) * keep[..., None].to(self.tok.weight.dtype)).sum(-2)
+        x = (self.tok(p) * keep[..., None].to(self.tok.weight.dtype)).sum(-2)
+        if self.item is not None:
+            x = x + self.item(ids.clamp(min=0)) * (ids >= 0)[..., None].to(x.dtype)
+        return x
 
     def encode(self, items: Tensor) -> tuple[Tensor, Tensor]:
         valid = items >= 0
