@@ -7,7 +7,7 @@ from .backends import BackendUnavailable
 from .config import PRESETS, CapsIDConfig
 from .modules import CapsIDTokenizer, CapsuleLayer
 from .ops import route, squash, tokenize
-from .decode import SearchResult, Trie, TrieError, beam_search, beam_step, build_trie
+from .decode import SearchResult, TokenLayout, Trie, TrieError, beam_search, beam_step, build_trie
 from .reference import (
     PAD_TOKEN,
     STOP_CAP,
@@ -25,5 +25,5 @@ __all__ = [
     "BackendUnavailable", "CapsIDConfig", "CapsIDTokenizer", "CapsuleLayer", "PRESETS",
     "RouteOutput", "StackOutput", "CONTINUE", "STOP_CONF", "STOP_RESID", "STOP_CAP", "PAD_TOKEN",
     "codebook_centres", "route", "squash", "tokenize", "__version__",
-    "SearchResult", "Trie", "TrieError", "beam_search", "beam_step", "build_trie",
+    "SearchResult", "TokenLayout", "Trie", "TrieError", "beam_search", "beam_step", "build_trie",
 ]

@@ -347,3 +347,77 @@ def test_wide_beam_auto_warns_and_cuda_refuses():
     ref = beam_step(logits, beams.node, beams.score, beams.finished, trie, b, backend="eager")
     for a, e in zip(got, ref):
         assert torch.equal(a, e)
+
+
+# --------------------------------------------------------------------------- caller token layouts
+
+T5_LIKE = ck.TokenLayout(pad=0, bos=0, eos=1, first_code=6, num_codes=V - 3)  # text ids 2..5, codes 6..14
+
+
+def caller_table(trie, caller_vocab, seed):
+    """Random caller logits per node, and the trie-numbered table with the same softmax built
+    by hand: codes/EOS/PAD read their caller columns, BOS carries every other column's mass."""
+    g = torch.Generator().manual_seed(seed)
+    caller = torch.randn(trie.num_nodes, caller_vocab, generator=g, dtype=torch.float64) * 2
+    native = torch.empty(trie.num_nodes, V, dtype=torch.float64)
+    native[:, 3:] = caller[:, 6: 6 + V - 3]
+    native[:, EOS], native[:, PAD] = caller[:, 1], caller[:, 0]
+    rest = [2, 3, 4, 5] + list(range(6 + V - 3, caller_vocab))
+    native[:, 1] = torch.logsumexp(caller[:, rest], dim=1)
+    torch.testing.assert_close(torch.logsumexp(native, 1), torch.logsumexp(caller, 1))
+    return caller.float(), native.float()
+
+
+@pytest.mark.parametrize("caller_vocab", [15, 19])  # exactly the codes, and padded with 4 more text ids
+def test_search_in_a_caller_layout_equals_the_native_search(caller_vocab):
+    trie = build_trie([[3, 4, EOS], [3, 5, 6, EOS], [7, EOS], [8, 9, 10, EOS], [3, 4, 11, EOS], [11, EOS]], V)
+    caller, native = caller_table(trie, caller_vocab, caller_vocab)
+    seen = []
+
+    def caller_step(beams):
+        if beams.step:
+            seen.append(beams.tokens.clone())
+        return caller[beams.node.clamp(min=0).long()]
+
+    got = ck.beam_search(caller_step, trie, 5, 3, backend="eager", layout=T5_LIKE)
+    want = ck.beam_search(table_step_fn(native), trie, 5, 3, backend="eager")
+    assert torch.equal(got.leaves, want.leaves) and torch.equal(got.items, want.items)
+    torch.testing.assert_close(got.scores, want.scores, rtol=1e-5, atol=1e-5)
+    toks = torch.cat(seen)
+    assert ((toks >= 6) & (toks < 15) | (toks == 1) | (toks == 0)).all()  # caller ids only
+    assert (toks == 1).any()  # EOS shown as the caller's EOS
+
+
+def test_hf_processor_in_a_caller_layout():
+    from capsid_kernels.decode.hf import TrieLogitsProcessor
+
+    lay = ck.TokenLayout(pad=0, bos=0, eos=1, first_code=20, num_codes=V - 3)
+    trie = build_trie(lay.trie_paths(torch.tensor([[20, 21, 1, 0], [20, 22, 23, 1], [24, 1, 0, 0]])), lay.trie_vocab_size)
+    assert torch.equal(trie.token, build_trie([[3, 4, EOS], [3, 5, 6, EOS], [7, EOS]], V).token)
+    ids = torch.tensor([[0, 20, 21], [0, 20, 22], [0, 24, 1], [0, 26, 20], [0, 24, 25], [0, 5, 20], [0, 20, 5]])
+    scores = torch.randn(7, 40)
+    out = TrieLogitsProcessor(trie, layout=lay)(ids, scores)
+    allowed = [[1], [23], [0], [], [], [], []]  # EOS; a child; PAD once finished; off-trie and text tokens: none
+    for r, toks in enumerate(allowed):
+        assert torch.isfinite(out[r]).nonzero().flatten().tolist() == toks
+        assert torch.equal(out[r, toks], scores[r, toks])
+    with pytest.raises(ValueError, match="scores: expected V >= 29"):
+        TrieLogitsProcessor(trie, layout=lay)(ids, scores[:, :28])
+
+
+def test_token_layout_names_bad_arguments():
+    with pytest.raises(ValueError, match="TokenLayout.eos"):
+        ck.TokenLayout(pad=1, bos=0, eos=1)
+    with pytest.raises(ValueError, match="TokenLayout.bos: 7 lies inside the code block"):
+        ck.TokenLayout(pad=0, bos=7, eos=1, first_code=5, num_codes=4)
+    with pytest.raises(ValueError, match="TokenLayout.first_code"):
+        ck.TokenLayout(first_code=-1)
+    with pytest.raises(ValueError, match="row 1 has token 4 at position 0"):
+        T5_LIKE.trie_paths(torch.tensor([[6, 1], [4, 1]]))
+    trie = build_trie([[3, 4, EOS]], V)
+    with pytest.raises(ValueError, match="num_codes=3"):
+        ck.beam_search(table_step_fn(torch.zeros(3, V)), trie, 2, 1,
+                       layout=ck.TokenLayout(pad=0, bos=0, eos=1, first_code=6, num_codes=3))
+    with pytest.raises(ValueError, match="step_fn: expected logits over at least 15"):
+        ck.beam_search(lambda b: torch.zeros(b.node.numel(), 14), trie, 2, 1, layout=T5_LIKE)
+    assert torch.equal(T5_LIKE.trie_paths(torch.tensor([[6, 14, 1, 0]])), torch.tensor([[3, 11, EOS, PAD]]))

@@ -6,8 +6,9 @@ Hugging Face ``generate`` (imports transformers lazily).
 """
 
 from .beam_step import StepOutput, beam_step
+from .layout import TokenLayout
 from .search import Beams, SearchResult, beam_search
 from .trie import BOS, EOS, PAD, Trie, TrieError, build_trie
 
-__all__ = ["BOS", "EOS", "PAD", "Beams", "SearchResult", "StepOutput", "Trie", "TrieError",
+__all__ = ["BOS", "EOS", "PAD", "Beams", "SearchResult", "StepOutput", "TokenLayout", "Trie", "TrieError",
            "beam_search", "beam_step", "build_trie"]

@@ -9,6 +9,14 @@
 Each call walks every row's generated tokens down the trie at once (a vectorised binary
 search per position over the sorted child tokens) and keeps only the children's scores:
 no per-beam Python loop and no host synchronisation.
+
+A model whose vocabulary does not put PAD/BOS/EOS at 0/1/2 and the codes from 3 passes its
+layout; ``input_ids`` and ``scores`` stay in the model's ids (a T5 with SID tokens added
+after its 32,100 text tokens):
+
+    layout = TokenLayout(pad=0, bos=0, eos=1, first_code=32100, num_codes=1024)
+    trie = capsid_kernels.build_trie(layout.trie_paths(rows), vocab_size=layout.trie_vocab_size)
+    model.generate(..., logits_processor=[TrieLogitsProcessor(trie, layout=layout)])
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .trie import EOS, PAD, Trie
+from typing import Optional
+
+from .layout import TokenLayout
+from .trie import BOS, EOS, PAD, Trie
 
 
 def trie_nodes(trie: Trie, generated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,18 +91,26 @@ class TrieLogitsProcessor:
     """``LogitsProcessor``-style callable: ``(input_ids [R, t], scores [R, V]) -> scores``.
 
     ``prefix_len`` tokens at the start of each row (the decoder start token) are skipped.
-    ``scores`` may have more columns than ``trie.vocab_size`` (models pad their vocabulary);
-    the extra tokens are never allowed. Fewer columns, a prefix longer than the rows, or
-    ``input_ids`` and ``scores`` with different row counts raise naming the argument.
+    ``scores`` may have more columns than the trie's tokens need (models pad their vocabulary,
+    or hold text tokens); the extra tokens are never allowed. ``layout`` (default: the trie's
+    own numbering) says where the model keeps PAD, EOS and the code tokens. Fewer columns, a
+    prefix longer than the rows, or ``input_ids`` and ``scores`` with different row counts
+    raise naming the argument.
     """
 
-    def __init__(self, trie: Trie, prefix_len: int = 1):
+    def __init__(self, trie: Trie, prefix_len: int = 1, layout: Optional[TokenLayout] = None):
         if not isinstance(trie, Trie):
             raise TypeError(f"trie: expected a capsid_kernels Trie, got {type(trie).__name__}")
         if not isinstance(prefix_len, int) or isinstance(prefix_len, bool) or prefix_len < 0:
             raise ValueError(f"prefix_len: expected an integer >= 0, got {prefix_len!r}")
+        if layout is not None and not isinstance(layout, TokenLayout):
+            raise TypeError(f"layout: expected None or a TokenLayout, got {type(layout).__name__}")
+        layout = layout or TokenLayout()
+        layout.check_trie(trie.vocab_size)
         self.trie = trie
         self.prefix_len = prefix_len
+        self.layout = layout
+        self._maps: dict = {}
 
     def check_args(self, input_ids: Tensor, scores: Tensor) -> None:
         """Shapes and dtypes only (no synchronisation)."""
@@ -103,9 +122,10 @@ class TrieLogitsProcessor:
         if scores.shape[0] != input_ids.shape[0]:
             raise ValueError(f"scores: expected {input_ids.shape[0]} rows (one per row of input_ids), "
                              f"got {scores.shape[0]}")
-        if scores.shape[1] < self.trie.vocab_size:
-            raise ValueError(f"scores: expected V >= trie.vocab_size = {self.trie.vocab_size} columns, got "
-                             f"{scores.shape[1]}; build the trie with the model's vocabulary size")
+        need = self.layout.min_vocab(self.trie.vocab_size)
+        if scores.shape[1] < need:
+            raise ValueError(f"scores: expected V >= {need} columns (the trie's {self.trie.vocab_size} tokens in "
+                             f"this layout), got {scores.shape[1]}; build the trie with the model's code count")
         if input_ids.shape[1] < self.prefix_len:
             raise ValueError(f"prefix_len: expected at most the {input_ids.shape[1]} tokens of input_ids, got "
                              f"{self.prefix_len}")
@@ -114,12 +134,26 @@ class TrieLogitsProcessor:
         self.check_args(input_ids, scores)
         trie = self.trie if self.trie.device == scores.device else self.trie.to(scores.device)
         self.trie = trie
-        node, finished, valid = trie_nodes(trie, input_ids[:, self.prefix_len:])
-        return allowed_scores(trie, node, finished, valid, scores)
+        generated = input_ids[:, self.prefix_len:]
+        if self.layout.is_native:
+            node, finished, valid = trie_nodes(trie, generated)
+            return allowed_scores(trie, node, finished, valid, scores)
+        key = (scores.device, scores.shape[1])
+        if key not in self._maps:
+            to_caller = self.layout.to_caller(trie.vocab_size, scores.device)
+            keep = torch.arange(trie.vocab_size, device=scores.device) != BOS  # BOS is never allowed
+            self._maps[key] = (self.layout.to_trie(trie.vocab_size, scores.shape[1], scores.device), to_caller,
+                               keep.nonzero().squeeze(1))
+        to_trie, to_caller, cols = self._maps[key]
+        node, finished, valid = trie_nodes(trie, to_trie[generated.long()])  # text tokens (-1) end the row
+        inner = allowed_scores(trie, node, finished, valid, scores.index_select(1, to_caller))
+        out = torch.full_like(scores, float("-inf"))
+        out[:, to_caller[cols]] = inner[:, cols]
+        return out
 
 
-def as_logits_processor_list(trie: Trie, prefix_len: int = 1):
+def as_logits_processor_list(trie: Trie, prefix_len: int = 1, layout: Optional[TokenLayout] = None):
     """A ``transformers.LogitsProcessorList`` holding the trie constraint (needs transformers)."""
     from transformers import LogitsProcessorList  # noqa: PLC0415 (optional dependency)
 
-    return LogitsProcessorList([TrieLogitsProcessor(trie, prefix_len)])
+    return LogitsProcessorList([TrieLogitsProcessor(trie, prefix_len, layout)])

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .beam_step import beam_step
+from .layout import TokenLayout
 from .trie import BOS, Trie
 
 
@@ -61,7 +62,7 @@ def initial_beams(num_queries: int, num_beams: int, device) -> Beams:
 def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *, top_k: Optional[int] = None,
                 reorder_cache: Optional[Callable[[Tensor], None]] = None, backend: str = "auto",
                 live_only: bool = False, early_exit: bool = False, device=None,
-                check_values: bool = True) -> SearchResult:
+                check_values: bool = True, layout: Optional[TokenLayout] = None) -> SearchResult:
     """Decode ``num_queries`` queries with ``num_beams`` beams constrained to ``trie``.
 
     ``step_fn(beams) -> logits [R, V]`` (or [len(beams.rows), V] with ``live_only``) runs the
@@ -74,9 +75,33 @@ def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *
     ids (one host synchronisation per step, see ``beam_step``); pass ``False`` in the hot path
     or to capture a CUDA graph. ``num_beams``, ``num_queries``, ``top_k`` and ``device`` are
     checked up front without synchronising.
+
+    ``layout`` (default: the trie's numbering, PAD/BOS/EOS = 0/1/2, codes from 3) says where the
+    caller's vocabulary keeps those tokens: ``beams.tokens`` then holds the caller's ids and
+    ``step_fn`` returns logits over the caller's vocabulary (``capsid_kernels.decode.layout``).
     """
     check_search_args(trie, num_beams, num_queries, top_k, device)
+    if layout is not None and not isinstance(layout, TokenLayout):
+        raise TypeError(f"layout: expected None or a TokenLayout, got {type(layout).__name__}")
     device = torch.device(device) if device is not None else trie.device
+    if layout is not None and not layout.is_native:
+        to_caller = layout.to_caller(trie.vocab_size, device)
+        need = layout.min_vocab(trie.vocab_size)
+        inner_step = step_fn
+        rest: dict = {}
+
+        def step_fn(b: Beams) -> Tensor:  # the caller sees and returns its own ids
+            shown = Beams(step=b.step, tokens=to_caller[b.tokens], parent=b.parent, node=b.node, score=b.score,
+                          finished=b.finished, rows=b.rows)
+            logits = inner_step(shown)
+            if not isinstance(logits, Tensor) or logits.dim() != 2:
+                return logits  # the shape check below names it
+            if logits.shape[1] < need:
+                raise ValueError(f"step_fn: expected logits over at least {need} caller tokens (layout), got "
+                                 f"{logits.shape[1]} at step {b.step}")
+            if logits.shape[1] not in rest:
+                rest[logits.shape[1]] = layout.rest_columns(to_caller, logits.shape[1])
+            return layout.trie_logits(logits, to_caller, rest[logits.shape[1]])
     beams = initial_beams(num_queries, num_beams, device)
     rows = num_queries * num_beams
     for step in range(trie.max_len + 1):
