@@ -17,5 +17,14 @@ case "${1:-A}" in
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
        "rqkmeans 0 --set fit.lr=2e-3" "rqkmeans 0 --set fit.epochs=120" \
-       "rqkmeans 0 --set encdec.hidden=256 --set encdec.ffn=1024" "rqkmeans 0 --set encdec.dropout=0.1" ;;
+       "rqkmeans 0 --set encdec.hidden=256 --set encdec.ffn=1024" "rqkmeans 0 --set encdec.dropout=0.1"
+     rm -rf .probe && mkdir -p .probe && tar xzf "$OUT/beauty_job.tgz" -C .probe ;;  # F reads it on a warm machine
+  F) # seeds 1, 2 of the probes that won on validation NDCG@10 (preset where P's results are not here),
+     # and seed 0 of GAOQ, RQ-VAE and CAPSID with the winning encoder-decoder flags
+     ENC=$(python3 scripts/pick_probe.py .probe rqkmeans); SAS=$(python3 scripts/pick_probe.py .probe @sasrec)
+     echo "encdec flags: ${ENC:-preset}; sasrec flags: ${SAS:-preset}" | tee "${OUT:-gpu-logs}/picked.txt"
+     OUT=${OUT:-gpu-logs}/sasrec EXTRA="$SAS" bash scripts/beauty_job.sh "@sasrec 1" "@sasrec 2" &
+     OUT=${OUT:-gpu-logs}/encdec EXTRA="$ENC" bash scripts/beauty_job.sh "rqkmeans 1" "rqkmeans 2" "gaoq 0" \
+       "rqvae 0" "capsid 0" &
+     wait ;;
 esac

@@ -21,6 +21,7 @@ for job in "$@"; do
   set -- $job
   v=$1; s=$2; shift 2
   n=$((n + 1)); tag=$v; [ $# -gt 0 ] && tag="$v-$n"
+  printf '%s\t%s\n' "$n" "$job" >> "$OUT/jobs.tsv"
   out="$OUT/runs"; [ $# -gt 0 ] && out="$OUT/runs-$n"
   if [ "${v#@}" != "$v" ]; then what=(--anchors ${v#@}); what=(${what[@]//,/ } --tokenizer); v=${v#@}; v=${v//,/+}; tag=$v; [ $# -gt 0 ] && tag="$v-$n"
   else what=(--tokenizer "$v"); fi
