@@ -230,6 +230,56 @@ def test_trailing_blank_lines_and_crlf_are_fine(tmp_path):
     assert ds.n_items == 3 and ds.item_text is None and ds.item_attributes is None
 
 
+def test_cr_only_line_endings_are_refused(tmp_path):
+    """Old-Mac line endings would otherwise read as one user holding every item."""
+    path = _write(tmp_path, "Toy.txt", "1 1 2 3\r2 3 2 1\r3 1 2 3\r")
+    with pytest.raises(DataError, match=rf"{path}:1: carriage return without a line feed"):
+        load_amazon(tmp_path, name="Toy")
+    _write(tmp_path, "Toy.txt", "1 1 2 3\r\n2 3 2 1\n3 1\r2 3\n")  # one stray CR on line 3
+    with pytest.raises(DataError, match=r"Toy.txt:3: carriage return"):
+        load_amazon(tmp_path, name="Toy")
+
+
+def test_huge_ids_and_huge_tokens_get_short_errors(tmp_path):
+    path = _write(tmp_path, "Toy.txt", "1 1 2 3\n2 3 2 2000000000\n")
+    with pytest.raises(DataError, match=rf"{path}: largest item id 2000000000 but only 4 distinct items"):
+        load_amazon(tmp_path, name="Toy")
+    _write(tmp_path, "Toy.txt", "1 1 2 3\n2 3 2 " + "x" * 100_000 + "\n")
+    with pytest.raises(DataError) as err:
+        load_amazon(tmp_path, name="Toy")
+    assert "is not a non-negative integer id" in str(err.value) and len(str(err.value)) < 200
+    _write(tmp_path, "Toy.txt", "1 1 2 3\n2 3 2 900\n")
+    assert load_amazon(tmp_path, name="Toy").n_items == 900
+
+
+@pytest.mark.parametrize("fname", ["datamaps.json", "Toy_item2attributes.json"])
+def test_duplicate_json_keys_are_refused(tmp_path, fname):
+    _toy_metadata(tmp_path)
+    if fname == "datamaps.json":
+        text = '{"id2item": {"1": "A1",\n "2": "B2",\n "3": "C3",\n "2": "Z9"}, "item2id": {}}'
+    else:
+        text = '{"1": [1, 4],\n "3": [2],\n "1": [3]}'
+    path = _write(tmp_path, fname, text)
+    with pytest.raises(DataError, match=rf"{path}:[34]: key '[12]' appears twice in one object"):
+        load_amazon(tmp_path, name="Toy")
+
+
+def test_metadata_line_numbers_are_looked_up_only_for_errors(tmp_path, monkeypatch):
+    """A text search per JSON key made loading quadratic (~15 s per 1,000 keys on Beauty-sized
+    files): a valid file searches nothing, a bad one once, for its message."""
+    import capsid.data.amazon as amazon
+
+    calls = []
+    real = amazon._line_of_key
+    monkeypatch.setattr(amazon, "_line_of_key", lambda *a: calls.append(a[1]) or real(*a))
+    _toy_metadata(tmp_path)
+    assert load_amazon(tmp_path, name="Toy").n_items == 3 and calls == []
+    _write(tmp_path, "Toy_item2attributes.json", '{"1": [1],\n "3": "x"}')
+    with pytest.raises(DataError, match=r"Toy_item2attributes.json:2: item id 3: attributes"):
+        load_amazon(tmp_path, name="Toy")
+    assert calls == ["3"]
+
+
 def _toy_metadata(tmp_path: Path) -> None:
     _write(tmp_path, "Toy.txt", "1 1 2 3\n2 3 2 1 3\n")
     _write(tmp_path, "Toy_item2attributes.json", json.dumps({"1": [1, 4], "3": [2]}))

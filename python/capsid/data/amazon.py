@@ -74,7 +74,7 @@ def load_amazon(
     if with_metadata and maps_path.is_file():
         id2item = _read_id2item(maps_path)
     sequences, skipped = _read_sequences(seq_path, len(id2item) if id2item else None, min_items, skip_bad_lines)
-    n_items = len(id2item) if id2item else int(max(s.max() for s in sequences)) + 1
+    n_items = len(id2item) if id2item else _catalogue_size(seq_path, sequences)
 
     item_text = item_attributes = None
     if with_metadata:
@@ -101,7 +101,12 @@ def load_amazon(
 
 def _read_sequences(path: Path, n_items: int | None, min_items: int,
                     skip_bad_lines: bool = False) -> tuple[list[np.ndarray], list[tuple[int, str]]]:
-    lines = path.read_bytes().split(b"\n")
+    data = path.read_bytes()
+    lone_cr = re.search(rb"\r(?!\n)", data)
+    if lone_cr is not None:
+        raise DataError(f"{path}:{_line_at(data, lone_cr.start())}: carriage return without a line feed; lines "
+                        "must end with \\n or \\r\\n (CR-only files would read as one user)")
+    lines = data.split(b"\n")
     while lines and not lines[-1].strip():  # blank lines may end the file, not split it
         lines.pop()
     flat: list[int] = []
@@ -129,6 +134,22 @@ def _read_sequences(path: Path, n_items: int | None, min_items: int,
     return np.split(ids, np.cumsum(lengths)[:-1]), skipped
 
 
+SPARSE_LIMIT = 4
+"""Without datamaps, n_items is the largest item id: ids may skip (items seen only in other
+splits of a dataset), but a largest id above SPARSE_LIMIT x the distinct ids + 1,024 is refused,
+since every per-item array would be sized by it."""
+
+
+def _catalogue_size(path: Path, sequences: list[np.ndarray]) -> int:
+    flat = np.concatenate(sequences)
+    top = int(flat.max()) + 1
+    distinct = int(np.unique(flat).size)
+    if top > SPARSE_LIMIT * distinct + 1024:
+        raise DataError(f"{path}: largest item id {top} but only {distinct} distinct items; ids must be dense "
+                        f"(at most {SPARSE_LIMIT * distinct + 1024} here) or datamaps.json must list the catalogue")
+    return top
+
+
 def _parse_sequence_line(raw: bytes, n_items: int | None, min_items: int, seen_users: dict[int, int],
                          lineno: int) -> tuple[int, list[int]] | str:
     """(user, 1-based items) of one line, or the reason it is malformed."""
@@ -141,10 +162,10 @@ def _parse_sequence_line(raw: bytes, n_items: int | None, min_items: int, seen_u
         return "empty line"
     bad = next((t for t in tokens if not (t.isascii() and t.isdigit())), None)
     if bad is not None:
-        return f"{bad!r} is not a non-negative integer id"
+        return f"{_short(bad)} is not a non-negative integer id"
     big = next((t for t in tokens if len(t) > 10 or int(t) > MAX_ID), None)
     if big is not None:
-        return f"id {big} exceeds the largest supported id {MAX_ID} (2**31 - 1)"
+        return f"id {_short(big)[1:-1]} exceeds the largest supported id {MAX_ID} (2**31 - 1)"
     user = int(tokens[0])
     if user in seen_users:
         return f"user {user} already appeared on line {seen_users[user]}"
@@ -166,11 +187,11 @@ def _read_id2item(path: Path) -> dict[int, str]:
         raise DataError(f"{path}:1: expected a JSON object with an 'id2item' object")
     id2item: dict[int, str] = {}
     for key, asin in raw["id2item"].items():
-        where = f"{path}:{_line_of_key(text, key)}"
+        where = _Where(path, text, key)
         if not (key.isascii() and key.isdigit()) or len(key) > 10 or not 1 <= int(key) <= MAX_ID:
-            raise DataError(f"{where}: id2item has item id {key!r}, expected a 1-based integer <= {MAX_ID}")
+            raise DataError(f"{where}: id2item has item id {_short(key)}, expected a 1-based integer <= {MAX_ID}")
         if not isinstance(asin, str):
-            raise DataError(f"{where}: id2item[{key!r}] is {asin!r}, expected an ASIN string")
+            raise DataError(f"{where}: id2item[{_short(key)}] is {_short(asin)}, expected an ASIN string")
         if int(key) - 1 in id2item:
             raise DataError(f"{where}: id2item has item id {int(key)} twice (as {key!r})")
         id2item[int(key) - 1] = asin
@@ -191,7 +212,11 @@ def _read_json(path: Path) -> tuple[object, str]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{_line_at(data, e.start)}: not valid UTF-8") from None
     try:
-        return json.loads(text), text
+        return json.loads(text, object_pairs_hook=_no_duplicates), text
+    except _DuplicateKey as e:
+        key = e.args[0]
+        raise DataError(f"{path}:{_line_of_key(text, key, 2)}: key {_short(key)} appears twice in one object; "
+                        "a second value would silently replace the first") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     except RecursionError:
@@ -203,9 +228,46 @@ def _line_at(data: bytes | str, offset: int) -> int:
     return data.count(b"\n" if isinstance(data, bytes) else "\n", 0, offset) + 1
 
 
-def _line_of_key(text: str, key: str) -> int:
-    """Line of the first `"key":` in the JSON text (1 when it is written with escapes)."""
-    at = text.find(json.dumps(key) + ":")
+class _Where:
+    """`path:line` of a JSON key, looked up only when an error message prints it (a search of
+    the text per key would make loading quadratic in the file size)."""
+
+    __slots__ = ("path", "text", "key")
+
+    def __init__(self, path: Path, text: str, key: str) -> None:
+        self.path, self.text, self.key = path, text, key
+
+    def __str__(self) -> str:
+        return f"{self.path}:{_line_of_key(self.text, self.key)}"
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """repr of a value from a file, elided past `limit` characters (a bad token may be huge)."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[: limit - 12]}...({len(r)} chars)"
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _line_of_key(text: str, key: str, nth: int = 1) -> int:
+    """Line of the `nth` `"key":` in the JSON text (1 when it is written with escapes)."""
+    at = -1
+    for _ in range(nth):
+        nxt = text.find(json.dumps(key) + ":", at + 1)
+        if nxt < 0:
+            break
+        at = nxt
     if at < 0:
         at = text.find(json.dumps(key))
     return text.count("\n", 0, at) + 1 if at >= 0 else 1
@@ -219,9 +281,9 @@ def _read_attributes(path: Path, n_items: int) -> list[np.ndarray]:
     out = [np.zeros(0, dtype=np.int64) for _ in range(n_items)]
     seen: set[int] = set()
     for key, attrs in raw.items():
-        where = f"{path}:{_line_of_key(text, key)}"
+        where = _Where(path, text, key)
         if not (key.isascii() and key.isdigit()) or len(key) > 10 or not 1 <= int(key) <= n_items:
-            raise DataError(f"{where}: unknown item id {key!r} (items are 1..{n_items})")
+            raise DataError(f"{where}: unknown item id {_short(key)} (items are 1..{n_items})")
         if int(key) in seen:
             raise DataError(f"{where}: item id {int(key)} appears twice (as {key!r})")
         seen.add(int(key))
@@ -256,7 +318,7 @@ def _read_item_text(path: Path, id2item: dict[int, str]) -> list[str]:
             asin = row[col["item_id"]]
             item = asin_to_item.get(asin)
             if item is None:
-                raise DataError(f"{where}: unknown item id {asin!r} (not in datamaps id2item)")
+                raise DataError(f"{where}: unknown item id {_short(asin)} (not in datamaps id2item)")
             if text[item] is not None:
                 raise DataError(f"{where}: item id {asin!r} appears twice")
             text[item] = _item_text(row, col, where)
@@ -284,9 +346,9 @@ def _item_text(row: list[str], col: dict[str, int], where: str) -> str:
         try:
             value = float(price)
         except ValueError:
-            raise DataError(f"{where}: price {price!r} is not a number") from None
+            raise DataError(f"{where}: price {_short(price)} is not a number") from None
         if not np.isfinite(value):
-            raise DataError(f"{where}: price {price!r} is not a finite number")
+            raise DataError(f"{where}: price {_short(price)} is not a finite number")
         price = f"price {value:.2f}"
     parts = (title, f"brand {brand}" if brand else "", categories, price)
     return "; ".join(p for p in parts if p)
