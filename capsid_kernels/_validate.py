@@ -9,6 +9,9 @@ modules turn it on by default (``CapsuleLayer(check_finite=True)``).
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -30,10 +33,21 @@ def check_float(name: str, t: object) -> Tensor:
     return t
 
 
+def check_scalars(**values: object) -> None:
+    """eta, tau, eps of a routing call: finite real numbers (not bool), eta > 0. A NaN would
+    pass every comparison of the stop rule as False and give NaN residuals without an error."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    if "eta" in values and values["eta"] <= 0:
+        raise ValueError(f"eta: expected a residual step > 0, got {values['eta']!r}")
+
+
 def check_route_args(r: object, W: object, b: object, D: object, rounds: int, mode: str, precision: str,
-                     check_finite_values: bool = False) -> None:
+                     check_finite_values: bool = False, **scalars: float) -> None:
     """Shapes r [N, d], W [K, d_c, d], b [K, d_c], D [d, d_c]; one dtype and one device; int32
-    limits; with ``check_finite_values`` also NaN/Inf in every tensor (one synchronisation)."""
+    limits; the scalars (eta, tau, eps) finite; with ``check_finite_values`` also NaN/Inf in
+    every tensor (one synchronisation)."""
     r, W, b, D = (check_float(n, t) for n, t in (("r", r), ("W", W), ("b", b), ("D", D)))
     if r.dim() != 2:
         raise ValueError(f"r: expected shape [N, d], got {tuple(r.shape)}")
@@ -56,6 +70,7 @@ def check_route_args(r: object, W: object, b: object, D: object, rounds: int, mo
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    check_scalars(**scalars)
     check_index_limits(r, W)
     if check_finite_values:
         check_finite(r=r, W=W, b=b, D=D)
@@ -65,6 +80,8 @@ def check_squash_args(z: object, check_finite_values: bool = False) -> None:
     z = check_float("z", z)
     if z.dim() < 1:
         raise ValueError(f"z: expected at least one dimension (the vector axis), got a 0-d tensor")
+    if z.shape[-1] == 0:
+        raise ValueError(f"z: expected a non-empty last axis (the vector axis), got shape {tuple(z.shape)}")
     if check_finite_values:
         check_finite(z=z)
 

@@ -26,7 +26,8 @@ class CapsIDConfig:
     mode: "soft" (routed reconstruction) or "hard" (winner only, the ablation).
     precision: "exact" float32 matmuls, or "tf32" on the GPU.
     backend: "auto", "eager", "triton" or "cuda" (see ``python -m capsid_kernels.info``).
-    check_inputs: reject zero and non-finite item vectors (one synchronisation per call).
+    check_inputs: reject zero and non-finite item vectors, and non-finite weights W, b, D in
+        ``CapsIDTokenizer.tokenize`` (one synchronisation per call each).
     """
 
     d: int = 128
@@ -45,10 +46,12 @@ class CapsIDConfig:
     def __post_init__(self) -> None:
         for name in ("d", "capsule_dim", "rounds", "max_length"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if not isinstance(self.capsules, (int, tuple, list)) or isinstance(self.capsules, bool):
+            raise ValueError(f"capsules: expected an int >= 1 or {self.max_length} ints >= 1, got {self.capsules!r}")
         ks = self.capsules_per_depth
-        if len(ks) != self.max_length or any((not isinstance(k, int)) or k < 1 for k in ks):
+        if len(ks) != self.max_length or any((not isinstance(k, int)) or isinstance(k, bool) or k < 1 for k in ks):
             raise ValueError(
                 f"capsules: expected an int >= 1 or {self.max_length} ints >= 1 (one per depth), got {self.capsules!r}"
             )
@@ -62,6 +65,8 @@ class CapsIDConfig:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.check_inputs, bool):
+            raise ValueError(f"check_inputs: expected a bool, got {self.check_inputs!r}")
 
     @property
     def capsules_per_depth(self) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ._validate import check_finite
 from .config import CapsIDConfig
 from .ops import route, tokenize
 from .reference import RouteOutput, StackOutput, codebook_centres, stack_diagnostics
@@ -90,6 +91,8 @@ class CapsIDTokenizer(nn.Module):
         if x.dim() != 2 or x.shape[-1] != self.config.d:
             raise ValueError(f"x: expected shape [N, d={self.config.d}], got {tuple(x.shape)}")
         c = self.config
+        if c.check_inputs:  # NaN in a weight would give all-zero SIDs without a word (one sync for all)
+            check_finite(**{f"layers[{i}].{n}": getattr(m, n) for i, m in enumerate(self.layers) for n in "WbD"})
         return tokenize(
             x.to(self.layers[0].W.dtype), [(m.W, m.b, m.D) for m in self.layers], rounds=c.rounds,
             mode=c.mode, eta=c.eta, tau=c.tau, eps=c.eps, need_weights=need_weights,

@@ -56,3 +56,38 @@ def test_int32_limits_are_refused_from_metadata_alone():
                                          r"65536 \* 256 \* 256 = 4294967296"):
         ck.route(torch.empty(3, d, device="meta"), W, torch.empty(k, dc, device="meta"),
                  torch.empty(d, dc, device="meta"))
+
+
+@pytest.mark.parametrize("name, value, what", [("eta", float("nan"), "eta: expected a finite number"),
+                                               ("tau", float("nan"), "tau: expected a finite number"),
+                                               ("eps", float("inf"), "eps: expected a finite number"),
+                                               ("eta", True, "eta: expected a finite number, got True"),
+                                               ("eta", 0.0, "eta: expected a residual step > 0")])
+def test_route_refuses_bad_scalars(name, value, what):
+    """A NaN tau or eps fails every comparison of the stop rule, and a NaN eta gives NaN residuals."""
+    W, b, D = make_layer(4, 3, 6)
+    with pytest.raises(ValueError, match=what):
+        ck.route(unit_rows(5, 6), W, b, D, **{name: value})
+
+
+def test_tokenizer_refuses_non_finite_weights_before_tokenizing():
+    """A NaN weight once gave all-zero SIDs without an error."""
+    tok = ck.CapsIDTokenizer(ck.CapsIDConfig(d=8, capsules=4, capsule_dim=4, max_length=3)).double()
+    x = unit_rows(6, 8)
+    tok.tokenize(x)
+    with torch.no_grad():
+        tok.layers[1].D[5, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"layers\[1\].D: row 5 has a non-finite value"):
+        tok.tokenize(x)
+
+
+@pytest.mark.parametrize("field, value", [("d", True), ("rounds", True), ("capsules", True), ("capsules", 2.5),
+                                          ("max_length", 3.0), ("check_inputs", "yes")])
+def test_config_refuses_booleans_and_fractions(field, value):
+    with pytest.raises(ValueError, match=rf"{field}: expected"):
+        ck.CapsIDConfig(**{field: value})
+
+
+def test_squash_refuses_an_empty_vector_axis():
+    with pytest.raises(ValueError, match=r"z: expected a non-empty last axis .* got shape \(3, 0\)"):
+        ck.squash(torch.ones(3, 0))

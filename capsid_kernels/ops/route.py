@@ -234,7 +234,7 @@ def route(
     ``check_finite=True`` rejects NaN/Inf in r, W, b and D, naming the argument and row (one
     device synchronisation, so off by default in this hot path; ``CapsuleLayer`` turns it on).
     """
-    check_route_args(r, W, b, D, rounds, mode, precision, check_finite)
+    check_route_args(r, W, b, D, rounds, mode, precision, check_finite, eta=eta, tau=tau, eps=eps)
     name = resolve_backend(backend, r, W, rounds)
     if name == "cuda":
         from .route_cuda import route_cuda as op  # the C++ kernel's custom op (csrc/route_fwd.cu)
