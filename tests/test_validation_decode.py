@@ -133,7 +133,7 @@ def test_hf_processor_checks_prefix_and_vocab(trie):
     with pytest.raises(ValueError, match=r"prefix_len: expected at most the 2 tokens of input_ids, got 3"):
         proc(ids, torch.zeros(2, V))
     proc = TrieLogitsProcessor(trie, prefix_len=1)
-    with pytest.raises(ValueError, match=r"scores: expected V >= trie.vocab_size = 8 columns, got 7"):
+    with pytest.raises(ValueError, match=r"scores: expected V >= 8 columns \(the trie.s 8 tokens in this layout\), got 7"):
         proc(ids[:, :1], torch.zeros(2, 7))
     with pytest.raises(ValueError, match=r"scores: expected 2 rows \(one per row of input_ids\), got 3"):
         proc(ids[:, :1], torch.zeros(3, V))
@@ -187,3 +187,22 @@ def test_trie_load_checks_dtypes_structure_and_fingerprint(trie, tmp_path):
     p.write_bytes(b"not a zip file")
     with pytest.raises(TrieError, match="not a readable trie file"):
         Trie.load(p)
+
+
+@pytest.mark.parametrize("args, kw, what", [
+    (([[3, 4, 2]], 12.5), {}, r"vocab_size: expected an integer, got 12.5"),
+    (([[3, 4, 2]], True), {}, r"vocab_size: expected an integer, got True"),
+    (([[3.5, 4, 2]], 12), {}, r"paths: item row 0 holds 3.5 \(float\)"),
+    (([[3, 4, 2]], 12), {"item_ids": [1.5]}, r"item_ids: expected integer ids, got dtype torch.float32"),
+    (([[3, 4, 2]], 12), {"item_ids": [1, 2]}, r"item_ids: expected shape \(1,\), got \(2,\)"),
+    (([[3, 4, 2]], 12), {"popularity": "many"}, r"popularity: expected 1 numbers"),
+])
+def test_build_trie_refuses_fractions_and_names_bad_lists(args, kw, what):
+    """Fractional sizes and ids were truncated silently; plain lists raised AttributeError."""
+    with pytest.raises(ck.TrieError, match=what):
+        ck.build_trie(*args, **kw)
+
+
+def test_build_trie_takes_lists_for_ids_and_popularity():
+    trie = ck.build_trie([[3, 2], [3, 2], [4, 2]], 8, item_ids=[7, 5, 9], popularity=[1, 3, 2])
+    assert trie.items.tolist() == [5, 7, 9]  # the shared leaf lists the more popular item first

@@ -221,9 +221,27 @@ def paths_to_tensor(paths: Sequence[Sequence[int]]) -> Tensor:
     width = max((len(p) for p in paths), default=1)
     out = torch.zeros(len(paths), max(width, 1), dtype=torch.int64)
     for i, p in enumerate(paths):
+        bad = next((t for t in p if isinstance(t, bool) or not hasattr(t, "__index__")), None)  # ints, numpy ints
+        if bad is not None:
+            raise TrieError(f"paths: item row {i} holds {bad!r} ({type(bad).__name__}); expected integer token ids")
         if len(p):
-            out[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.int64)
+            out[i, : len(p)] = torch.as_tensor([int(t) for t in p], dtype=torch.int64)
     return out
+
+
+def _as_1d(name: str, value, n: int, float_ok: bool) -> Tensor:
+    """item_ids / popularity given as a tensor, array or list -> a tensor of shape (n,)."""
+    if not isinstance(value, Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TrieError(f"{name}: expected {n} {'numbers' if float_ok else 'integer ids'}, got "
+                            f"{type(value).__name__} ({e})") from None
+    if value.dtype == torch.bool or (value.dtype.is_floating_point and not float_ok) or value.is_complex():
+        raise TrieError(f"{name}: expected {'real numbers' if float_ok else 'integer ids'}, got dtype {value.dtype}")
+    if value.shape != (n,):
+        raise TrieError(f"{name}: expected shape ({n},), got {tuple(value.shape)}")
+    return value
 
 
 def _check_paths(paths: Tensor, vocab_size: int) -> Tensor:
@@ -268,15 +286,16 @@ def build_trie(paths: PathsLike, vocab_size: int, *, item_ids: Optional[Tensor] 
         raise TrieError(f"paths: expected a non-empty [N, L] matrix, got shape {tuple(paths.shape)}")
     if paths.dtype.is_floating_point or paths.dtype == torch.bool:
         raise TrieError(f"paths: expected an integer tensor, got {paths.dtype}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TrieError(f"vocab_size: expected an integer, got {vocab_size!r} ({type(vocab_size).__name__})")
     if not FIRST_CODE < vocab_size < 2**31:
         raise TrieError(f"vocab_size: expected {FIRST_CODE} < vocab_size < 2**31, got {vocab_size}")
     device = torch.device(device) if device is not None else paths.device
     paths = paths.to(device=device, dtype=torch.int64)
     n = paths.shape[0]
     lengths = _check_paths(paths, vocab_size)
-    item_ids = torch.arange(n, device=device) if item_ids is None else item_ids.to(device=device, dtype=torch.int64)
-    if item_ids.shape != (n,):
-        raise TrieError(f"item_ids: expected shape ({n},), got {tuple(item_ids.shape)}")
+    item_ids = (torch.arange(n, device=device) if item_ids is None
+                else _as_1d("item_ids", item_ids, n, False).to(device=device, dtype=torch.int64))
     if n and int(item_ids.min()) < 0:
         raise TrieError("item_ids: ids must be >= 0")
     sorted_ids = item_ids.sort().values
@@ -284,7 +303,7 @@ def build_trie(paths: PathsLike, vocab_size: int, *, item_ids: Optional[Tensor] 
         dup = int(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]][0])
         raise TrieError(f"item_ids: id {dup} appears more than once; give each item one path")
     popularity = (torch.zeros(n, device=device) if popularity is None
-                  else popularity.to(device=device, dtype=torch.float64))
+                  else _as_1d("popularity", popularity, n, True).to(device=device, dtype=torch.float64))
     if popularity.shape != (n,) or not bool(torch.isfinite(popularity).all()):
         raise TrieError(f"popularity: expected {n} finite values")
 
