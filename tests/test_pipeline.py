@@ -75,6 +75,13 @@ def test_set_overrides_parse_apply_and_reject_unknown_fields():
     assert PRESETS["cpu"]["stage2"]["epochs"] != 3  # the preset itself is not modified
     with pytest.raises(ValueError, match="stage2.nope: unknown field"):
         preset_settings(argparse.Namespace(preset="cpu", set=[("stage2", "nope", 1)]))
+    # values of the wrong type or range fail before any work, naming the section and field
+    for section, field, value, what in [("tokenizer", "tau", "x", "tau: expected a finite number, got 'x'"),
+                                        ("fit", "lr", "abc", "FitConfig.lr: expected a number"),
+                                        ("stage2", "epochs", 0, "epochs"),
+                                        ("encdec", "item_ids", 1, "EncDecConfig.item_ids: expected a bool")]:
+        with pytest.raises(ValueError, match=rf"--set {section}\.\*: .*{what}"):
+            preset_settings(argparse.Namespace(preset="cpu", set=[(section, field, value)]))
     # --set reaches the synthetic catalogue too (it used to read the bare preset)
     from capsid.pipeline import load_data
 

@@ -128,6 +128,11 @@ def preset_settings(args) -> dict:
         if field not in known:
             raise ValueError(f"--set {section}.{field}: unknown field; {section} has {', '.join(sorted(known))}")
         preset[section][field] = value
+    for section in dict.fromkeys(sec for sec, _, _ in getattr(args, "set", None) or ()):
+        try:  # every overridden section is checked whole now, before any data is read or model trained
+            _section_class(section)(**preset[section])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--set {section}.*: {e}") from None
     return preset
 
 
