@@ -2,6 +2,7 @@
 # Issue 16's Beauty table on one GPU, in two device calls (each under 10 minutes):
 #   bash scripts/beauty_final.sh A   # Markov anchors, SASRec x3, RQ-KMeans x3, GAOQ x3 (10 processes)
 #   bash scripts/beauty_final.sh B   # RQ-VAE x3, CAPSID x3, and 4 seed-0 learning-rate probes (10 processes)
+#   bash scripts/beauty_final.sh S   # one call for all: anchors, SASRec/RQ-KMeans x3, GAOQ/RQ-VAE/CAPSID seed 0, 3 probes
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # Vectors: .data/beauty_vectors_content_cooc.npy (capsid vectors --data DIR --sources content,cooc --save ...).
@@ -14,6 +15,11 @@ case "${1:-A}" in
   B) bash scripts/beauty_job.sh "rqvae 0" "rqvae 1" "rqvae 2" "capsid 0" "capsid 1" "capsid 2" \
        "rqkmeans 0 --set fit.lr=2e-3" "rqkmeans 0 --set fit.lr=3e-3" \
        "rqkmeans 0 --set fit.batch_size=512 --set fit.lr=2e-3" "@sasrec 0 --set fit.lr=2e-3" ;;
+  S) # everything in one call when only one comes (13 processes): the anchors, SASRec and RQ-KMeans x3 on the
+     # preset, GAOQ, RQ-VAE and CAPSID seed 0, and three seed-0 probes
+     bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 1" "@sasrec 2" \
+       "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" "gaoq 0" "rqvae 0" "capsid 0" \
+       "rqkmeans 0 --set encdec.item_ids=true" "rqkmeans 0 --set fit.lr=2e-3" "@sasrec 0 --set fit.epochs=200" ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
        "rqkmeans 0 --set fit.lr=2e-3" "rqkmeans 0 --set fit.epochs=120" \
