@@ -8,11 +8,17 @@ The metadata carries `format_version` (FORMAT_VERSION; files written before the 
 have the same layout and read as version 1) and `git_commit` (provenance only, never checked:
 null outside a git checkout). Loading never unpickles anything: safetensors holds raw tensors
 and the metadata is JSON.
+
+`tensor_sha256` (written since 2026-12-06) is a SHA-256 over every tensor's name, dtype, shape
+and bytes: a flipped bit is refused on load, naming the file. Non-finite values in any float
+tensor are refused too (a NaN weight would otherwise resume and tokenize every item alike).
+Checkpoints without the field (older ones) load unchecked.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -39,9 +45,20 @@ def git_commit() -> str | None:
     return commit if out.returncode == 0 and len(commit) == 40 else None
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = {**meta, "format_version": FORMAT_VERSION, "git_commit": git_commit()}
+    meta = {**meta, "format_version": FORMAT_VERSION, "git_commit": git_commit(),
+            "tensor_sha256": tensor_digest(tensors)}
     write_atomic(Path(path), st_save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
 
@@ -62,6 +79,13 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format_version {version!r}, this capsid reads {FORMAT_VERSION}; "
                          "retrain into another output directory or use --no-resume")
+    want = meta.get("tensor_sha256")
+    if want is not None and tensor_digest(tensors) != want:
+        raise ValueError(f"{path}: checkpoint tensors do not match their SHA-256 (the file was changed or damaged "
+                         "after it was written); delete it to retrain, or restore a good copy")
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{path}: checkpoint tensor {name!r} holds NaN or Inf; refusing to resume from it")
     return tensors, meta
 
 
