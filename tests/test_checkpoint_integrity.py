@@ -71,3 +71,16 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     assert target.read_bytes() == b"payload"
     assert not stale.exists() and live.exists() and other.exists()
     assert remove_stale_temporaries(target) == []
+
+
+def test_a_header_missing_a_resume_field_is_a_clear_error(tmp_path):
+    """A header without a field a resume reads raised KeyError."""
+    from capsid.stage1.checkpoint import require_meta
+
+    path = tmp_path / "c.safetensors"
+    meta = {"optimizer": {"param_groups": [], "scalars": {}}, "history": [], "epoch": 2}
+    require_meta(path, meta, ("optimizer", "history", "epoch"))
+    with pytest.raises(ValueError, match=r"c.safetensors: checkpoint header lacks 'best', 'bad'"):
+        require_meta(path, meta, ("history", "best", "bad"))
+    with pytest.raises(ValueError, match=r"'optimizer' lacks param_groups/scalars"):
+        require_meta(path, {**meta, "optimizer": {}}, ("optimizer",))

@@ -89,6 +89,17 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def require_meta(path: Path, meta: dict, keys: tuple[str, ...]) -> None:
+    """A resume reads these header fields: a missing one is a clear error, not a KeyError."""
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: checkpoint header lacks {', '.join(map(repr, missing))} (damaged, or written by "
+                         "another tool); delete it to retrain, or use another output folder")
+    opt = meta.get("optimizer")
+    if "optimizer" in keys and not (isinstance(opt, dict) and "param_groups" in opt and "scalars" in opt):
+        raise ValueError(f"{path}: checkpoint header's 'optimizer' lacks param_groups/scalars (damaged)")
+
+
 def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str = "opt.") -> tuple[dict, dict]:
     """Optimizer state as flat tensors plus JSON-able param groups and scalar state."""
     sd = opt.state_dict()

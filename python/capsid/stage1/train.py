@@ -43,7 +43,8 @@ from ..tokenizer import losses, schedules
 from ..tokenizer.forward import forward_all_depths
 from ..tokenizer.hamr import HaMRConfig, hamr_from_config, routing_embedding, sids_from_tokens
 from .init import InitConfig, data_init
-from .checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint, write_atomic
+from .checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer, save_checkpoint,
+                         write_atomic)
 from ..distributed.gather import gather_forward
 
 
@@ -210,6 +211,7 @@ def train_stage1(
                              "use another output directory or --no-resume")
         _load_state(tokenizer, gate, tensors, "")
         best_state = {k: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+        require_meta(ckpt, meta, ("optimizer", "history", "best_val", "best_epoch", "bad_epochs", "epoch"))
         restore_optimizer(opt, tensors, meta["optimizer"])
         history, best_val, best_epoch = meta["history"], meta["best_val"], meta["best_epoch"]
         init_summary = meta.get("init")

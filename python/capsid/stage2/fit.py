@@ -126,7 +126,8 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
     """Train `model` (anything with `loss(items [B, T], targets [B, T]) -> (mean loss, count)`)
     on `split.train`; `recommender.recommend(histories, num_beams, top_k, batch_size)` ranks the
     validation users. Leaves the best state loaded and the model in eval mode."""
-    from ..stage1.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint, write_atomic
+    from ..stage1.checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer,
+                                    save_checkpoint, write_atomic)
 
     start = time.perf_counter()
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -159,6 +160,7 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
                              "or resume=False")
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+        require_meta(ckpt, meta, ("optimizer", "history", "best", "best_epoch", "best_val", "epoch"))
         restore_optimizer(opt, tensors, meta["optimizer"])
         history, best, best_epoch, best_val = meta["history"], meta["best"], meta["best_epoch"], meta["best_val"]
         first = meta["epoch"] + 1

@@ -27,7 +27,8 @@ from ..data import Split
 from ..eval import Recommender, autocast, build_item_trie, ranking_metrics
 from ..generator import (IGNORE, Generator, ItemInputs, ItemTokenization, RoutingAdapter, embed_batch, make_batch,
                          make_sequence_batch)
-from ..stage1.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint, write_atomic
+from ..stage1.checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer,
+                                save_checkpoint, write_atomic)
 from .config import Stage2Config
 from .samples import bucketed_batches, sample_batch, training_samples, training_windows, window_batch
 
@@ -130,6 +131,7 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
                              "output folder or resume=False")
         load_trainable(model, adapter, tensors)
         best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+        require_meta(ckpt, meta, ("optimizer", "history", "best", "best_epoch", "bad", "epoch"))
         restore_optimizer(opt, tensors, meta["optimizer"])
         history, best, best_epoch, bad = meta["history"], meta["best"], meta["best_epoch"], meta["bad"]
         first = meta["epoch"] + 1
