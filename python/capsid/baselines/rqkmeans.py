@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from ..checks import check_config
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class RQKMeansConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.levels < 1 or self.codes < 1:
             raise ValueError(f"levels and codes must be >= 1, got {self.levels}, {self.codes}")
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..tokenizer.hamr import HaMRConfig, hamr_from_config
 from .rqkmeans import disambiguation_column
+from ..checks import check_config
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class RQVAEConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.levels < 1 or self.codes < 1 or self.latent < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"levels, codes, latent, epochs, batch_size must be >= 1; got {self}")
         if self.optimizer not in ("adagrad", "adamw"):

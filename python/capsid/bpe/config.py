@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from ..checks import check_config
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class SemanticBPEConfig:
     gate_hidden: int = 64
 
     def __post_init__(self) -> None:
+        check_config(self, {"theta_start": (-1.0, 1.0), "theta_end": (-1.0, 1.0)})  # cosine thresholds
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha: expected a value in [0, 1], got {self.alpha}")
         if self.max_merges < 1 or self.n_min < 0 or self.gate_hidden < 1:

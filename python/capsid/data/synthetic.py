@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset import SequenceDataset
+from ..checks import check_config
 
 _BLOCK = 1 << 14
 """Items per random stream in synthetic_item_vectors. Fixed, not a parameter: the vectors are
@@ -62,6 +63,7 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_config(self)
         n_leaves = math.prod(self.branching)
         checks = [
             (len(self.branching) >= 1 and min(self.branching) >= 1, "branching entries >= 1"),

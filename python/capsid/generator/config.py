@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from ..checks import check_config
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class GeneratorConfig:
     init_norm: float = 1.0
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.hidden % self.heads:
             raise ValueError(f"hidden={self.hidden} must be a multiple of heads={self.heads}")
         if min(self.layers, self.heads, self.hidden, self.ffn, self.max_positions, self.max_item_tokens) < 1:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .items import BOS, EOS, FIRST_CODE, PAD, ItemTokenization
+from ..checks import check_config
 
 IGNORE = -100
 POSITIONS = ("relative", "absolute")
@@ -74,6 +75,7 @@ class EncDecConfig:
     item_ids: bool = False
 
     def __post_init__(self) -> None:
+        check_config(self)
         _check_sizes(self, ("hidden", "heads", "enc_layers", "dec_layers", "ffn", "max_len"))
         if not isinstance(self.item_ids, bool):
             raise ValueError(f"EncDecConfig.item_ids: expected a bool, got {self.item_ids!r}")
@@ -96,6 +98,7 @@ class SASRecConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        check_config(self)
         _check_sizes(self, ("hidden", "heads", "layers", "ffn", "max_len"))
 
     def to_dict(self) -> dict:

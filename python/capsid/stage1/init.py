@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 import capsid_kernels as ck
+from ..checks import check_config
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class InitConfig:
     kmeans_iter: int = 25
 
     def __post_init__(self) -> None:
+        check_config(self)
         if not self.sharpness or any(not (math.isfinite(b) and b > 0) for b in self.sharpness):
             raise ValueError(f"sharpness: expected one or more finite values > 0, got {self.sharpness}")
         if not (math.isfinite(self.gain) and self.gain > 0):

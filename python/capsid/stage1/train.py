@@ -46,6 +46,7 @@ from .init import InitConfig, data_init
 from .checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer, save_checkpoint,
                          write_atomic)
 from ..distributed.gather import gather_forward
+from ..checks import check_config
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Stage1Config:
     init: Optional[InitConfig] = field(default_factory=InitConfig)
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
             raise ValueError(f"epochs, patience and batch_size must be >= 1, got {self.epochs}, "
                              f"{self.patience}, {self.batch_size}")

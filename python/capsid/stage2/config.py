@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Optional
+from ..checks import check_config
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Stage2Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_config(self)
         if min(self.epochs, self.patience, self.batch_size, self.eval_every, self.num_beams, self.lora_rank,
                self.length_buckets) < 1:
             raise ValueError(f"Stage2Config: epochs, patience, batch_size, eval_every, num_beams, lora_rank and length_buckets "

@@ -29,6 +29,7 @@ from ..data import Split
 from ..eval.metrics import ranking_metrics
 from ..generator.seq import window_tensors
 from .samples import bucketed_batches, training_windows, window_batch
+from ..checks import check_config
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class FitConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_config(self)
         for n in ("epochs", "batch_size", "eval_every", "patience", "num_beams", "eval_batch_size", "max_history",
                   "length_buckets"):
             v = getattr(self, n)

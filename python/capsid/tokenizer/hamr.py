@@ -42,6 +42,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from ..checks import check_config
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class HaMRConfig:
     weight: float = 0.1
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.radius < 0:
             raise ValueError(f"radius: expected R >= 0, got {self.radius}")
         if not 0.0 <= self.m_partial <= self.m_full <= 2.0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from ..checks import check_config
 
 SOURCES = ("given", "content", "collab", "cooc", "attr")
 
@@ -36,6 +37,7 @@ class VectorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_config(self)
         bad = [s for s in self.sources if s not in SOURCES]
         if bad or not self.sources:
             raise ValueError(f"sources: expected a non-empty subset of {SOURCES}, got {self.sources}")
