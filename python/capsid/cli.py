@@ -32,19 +32,11 @@ def _load_data(args: argparse.Namespace):
 
 def _vectors(args: argparse.Namespace, data, device):
     """(vectors [N, d], info): a .npy file, or built (and cached) from the data's sources."""
-    import numpy as np
-
-    from .vectors import VectorConfig, build_item_vectors, content_model_id
+    from .vectors import VectorConfig, build_item_vectors, content_model_id, load_vector_file
 
     if args.vectors:
-        v = np.load(args.vectors)
-        if v.ndim != 2 or v.shape[0] != data.n_items or not np.issubdtype(v.dtype, np.number):
-            raise ValueError(f"{args.vectors}: expected a numeric [N={data.n_items}, d] array, got {v.dtype} "
-                             f"{list(v.shape)}")
-        if not np.isfinite(v).all():
-            row = int(np.flatnonzero(~np.isfinite(v).all(axis=1))[0])
-            raise ValueError(f"{args.vectors}: expected finite vectors, row {row} has NaN or Inf")
-        return v.astype(np.float32), {"path": args.vectors, "sources": ["file"], "cached": True}
+        v = load_vector_file(args.vectors, rows=data.n_items)
+        return v, {"path": args.vectors, "sources": ["file"], "cached": True}
     if args.sources:
         sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
     elif data.item_vectors is not None:
@@ -75,6 +67,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     names = parse_tokenizers(args.tokenizer)
+    from .atomic import writable_folder
+    writable_folder(args.out, "--out")
     data = _load_data(args)
     print(f"data: {data.name}: {data.n_items} items, {data.n_users} users, {data.n_interactions} interactions")
     vectors, info = _vectors(args, data, device)
@@ -110,6 +104,11 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     import numpy as np
 
     device = _device(args.device)
+    if args.save:
+        from pathlib import Path
+
+        from .atomic import writable_folder
+        writable_folder(Path(args.save).parent, "--save")
     data = _load_data(args)
     vectors, info = _vectors(args, data, device)
     print(f"{data.name}: vectors {vectors.shape}, {'cache hit' if info.get('cached') else 'built'}: {info.get('path')}")
@@ -235,6 +234,13 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"capsid: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only or vanished folder mid-run: the system's reason, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"capsid: error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("capsid: interrupted (a training run resumes from its last checkpoint)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

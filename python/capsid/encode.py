@@ -13,22 +13,31 @@ import json
 import time
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text[:40]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vectors", help="item vectors .npy [N, d]; default: synthetic vectors")
-    p.add_argument("--items", type=int, default=100_000, help="number of synthetic vectors (default 100000)")
+    p.add_argument("--items", type=_at_least_one, default=100_000, help="number of synthetic vectors (default 100000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="default", help="tokenizer preset: default or industrial")
     p.add_argument("--mode", default="soft", choices=("soft", "hard"))
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float64"))
     p.add_argument("--backend", default="auto", help="auto, eager, triton or cuda")
-    p.add_argument("--batch-size", type=int, default=1 << 18, help="items per chunk (bounds memory)")
+    p.add_argument("--batch-size", type=_at_least_one, default=1 << 18, help="items per chunk (bounds memory)")
     p.add_argument("--json", help="also write the diagnostics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
     from tqdm import tqdm
 
@@ -36,11 +45,17 @@ def run(args: argparse.Namespace) -> int:
 
     from .data.synthetic import synthetic_item_vectors
     from .report import format_diagnostics
+    from .vectors import load_vector_file
 
+    if args.json:
+        from pathlib import Path
+
+        from .atomic import writable_folder
+        writable_folder(Path(args.json).parent, "--json")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}[args.dtype]
     if args.vectors:
-        x = torch.as_tensor(np.load(args.vectors), dtype=torch.float32)
+        x = torch.from_numpy(load_vector_file(args.vectors))
         source = args.vectors
     else:
         x = synthetic_item_vectors(args.items, seed=args.seed, device=device)

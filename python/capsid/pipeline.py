@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .atomic import write_text_atomic
+from .atomic import writable_folder, write_text_atomic
 from .jobs.tokenizers import ALIASES, BASELINES, DISAMBIGUATED, TOKENIZERS, canonical, capsid_variant
 
 VARIANTS = TOKENIZERS
@@ -172,7 +172,9 @@ def load_data(args):
 
 def item_vectors(data, args, device) -> tuple[np.ndarray, dict]:
     if args.vectors:
-        return np.load(args.vectors).astype(np.float32), {"source": args.vectors}
+        from .vectors import load_vector_file
+
+        return load_vector_file(args.vectors, rows=data.n_items), {"source": args.vectors}
     if data.item_vectors is not None and args.data == "synthetic":
         return data.item_vectors, {"source": "synthetic (given)"}
     from .vectors import VectorConfig, build_item_vectors
@@ -523,6 +525,7 @@ def run(args) -> int:
         torch.set_num_threads(threads)
     device = _device(args.device)
     preset_settings(args)  # unknown --set fields fail here, before any work
+    writable_folder(args.out, "--out")
     start = time.perf_counter()
     data = load_data(args)
     x, vinfo = item_vectors(data, args, device)

@@ -160,6 +160,35 @@ def load_cached_array(path: Path, *, rows: int, cols: int | None = None, dtype=N
     return arr
 
 
+def load_vector_file(path, *, rows: int | None = None) -> np.ndarray:
+    """Item vectors a user passed (``--vectors FILE.npy``) as float32 ``[N, d]``, or a ValueError.
+
+    The error names the file and says what was expected and what came: an unreadable or pickled
+    file, anything but a 2-D real-valued matrix with at least one row and column, another row count
+    than ``rows`` (the catalogue), or a NaN/Inf (the first bad row is named).
+    """
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"--vectors {path}: expected a .npy file of item vectors, could not read it "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or min(arr.shape) < 1 or (
+            rows is not None and arr.shape[0] != rows):
+        want = f"[N{'=' + str(rows) if rows is not None else ' >= 1'}, d >= 1]"
+        got = f"{arr.dtype} {list(arr.shape)}" if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise ValueError(f"--vectors {path}: expected a {want} matrix (one row per item), got {got}")
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"--vectors {path}: expected real numbers (float or int), got dtype {arr.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):  # past float32's range becomes inf, refused below
+        arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        row = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+        raise ValueError(f"--vectors {path}: expected finite vectors (in float32), row {row} has NaN or Inf")
+    return arr
+
+
 def _stale(path: Path, why: str) -> None:
     warnings.warn(f"{path}: cached vectors rejected: {why}; rebuilding", RuntimeWarning, stacklevel=3)
     return None
