@@ -109,6 +109,8 @@ def _extensions():
 ext_modules, cmdclass = _extensions()
 
 packages = find_packages(include=["capsid_kernels", "capsid_kernels.*"])
-packages += ["capsid"] + [f"capsid.{p}" for p in find_packages(os.path.join(HERE, "python", "capsid"))]
+# the reference GR system: import name capsid_gr (``capsid`` is another project's on the package index);
+# its dependencies are the `gr` extra
+packages += ["capsid_gr"] + [f"capsid_gr.{p}" for p in find_packages(os.path.join(HERE, "python", "capsid_gr"))]
 
 setup(packages=packages, ext_modules=ext_modules, cmdclass=cmdclass)

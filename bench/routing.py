@@ -127,7 +127,7 @@ def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, ou
 
 def tokenizer_rows(n, prec, env, chunk, repeats, backend="triton") -> list[dict]:
     import capsid_kernels as ck
-    from capsid.data.synthetic import synthetic_item_vectors
+    from capsid_gr.data.synthetic import synthetic_item_vectors
 
     dtype, precision = PRECS[prec]
     K, dc, d = 256, 64, 128
@@ -287,7 +287,7 @@ STACK_BACKENDS = ("eager", "compile", "triton")
 
 
 def stack_loss(route_fn: Callable[..., Any], x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stage 1's tokenizer loss (SPEC §4) over the whole stack, as ``capsid.stage1.train`` forms it:
+    """Stage 1's tokenizer loss (SPEC §4) over the whole stack, as ``capsid_gr.stage1.train`` forms it:
     every depth on every item (``forward_all_depths``: the residual of depth l feeds depth l + 1),
     lambda_r L_route (hard-stop reconstruction) + lambda_s L_spread (centres and the routing weights
     of the items that reach each depth) + lambda_l L_len (confidence and residual norms). L_BPE is
@@ -296,9 +296,9 @@ def stack_loss(route_fn: Callable[..., Any], x: torch.Tensor, params: Sequence[t
     ``route_fn(r, W, b, D, last=, need_weights=)`` is one routing layer; ``params`` is
     (W, b, D) of every depth, flat.
     """
-    from capsid.stage1 import Stage1Config
-    from capsid.tokenizer import losses
-    from capsid.tokenizer.forward import forward_all_depths
+    from capsid_gr.stage1 import Stage1Config
+    from capsid_gr.tokenizer import losses
+    from capsid_gr.tokenizer.forward import forward_all_depths
     from capsid_kernels import CapsIDConfig, codebook_centres
 
     s1, tok = Stage1Config(), CapsIDConfig()

@@ -4,7 +4,7 @@
     python bench/stage1_backends.py --synthetic 12101        # synthetic item vectors instead of a file
     python bench/stage1_backends.py --smoke --device cpu     # tiny shapes, one epoch (the CPU test)
 
-Each backend runs the call the pipeline makes (``capsid.pipeline.tokenize_catalogue``): a fresh
+Each backend runs the call the pipeline makes (``capsid_gr.pipeline.tokenize_catalogue``): a fresh
 ``CapsIDTokenizer`` of the ``capsid`` variant under the ``gpu`` preset (SPEC's tokenizer; Stage 1
 with 8 epochs, patience 2 and the capsule warm-up init) with ``backend=`` set, trained by
 ``train_stage1`` with a checkpoint directory. ``eager`` is the reference custom op Stage 1 trains
@@ -62,7 +62,7 @@ def load_vectors(path: Optional[str], synthetic: Optional[int], dim: int, seed: 
     """Item vectors [N, d] float32 and where they came from: the .npy file, else ``synthetic``
     ``synthetic_item_vectors`` (clustered, l2-normalised); ``limit`` keeps the first rows."""
     if synthetic is not None:
-        from capsid.data.synthetic import synthetic_item_vectors
+        from capsid_gr.data.synthetic import synthetic_item_vectors
 
         x = synthetic_item_vectors(synthetic, dim, seed=seed, device="cpu").numpy()
         source = f"synthetic_item_vectors(n={synthetic}, d={dim}, seed={seed})"
@@ -92,7 +92,7 @@ def backend_reason(backend: str, device: torch.device) -> Optional[str]:
 def timed_init(device: torch.device, into: dict) -> Iterator[None]:
     """Time the capsule warm-up inside ``train_stage1``: its module-level ``data_init`` is wrapped
     for the duration (seconds land in ``into["init_s"]``, its end time in ``into["init_end"]``)."""
-    from capsid.stage1 import train as train_mod
+    from capsid_gr.stage1 import train as train_mod
 
     original = train_mod.data_init
 
@@ -116,10 +116,10 @@ def configs(d: int, backend: str, seed: int, epochs: Optional[int], patience: Op
     """(CapsIDConfig, Stage1Config) as ``tokenize_catalogue`` builds them for the capsid variant
     under the gpu preset, with ``backend`` and the --epochs/--patience/--smoke overrides."""
     import capsid_kernels as ck
-    from capsid.bpe import SemanticBPEConfig
-    from capsid.pipeline import PRESETS, variant_settings
-    from capsid.stage1 import Stage1Config
-    from capsid.stage1.init import InitConfig
+    from capsid_gr.bpe import SemanticBPEConfig
+    from capsid_gr.pipeline import PRESETS, variant_settings
+    from capsid_gr.stage1 import Stage1Config
+    from capsid_gr.stage1.init import InitConfig
 
     tok_o, st1_o, bpe_o, _ = variant_settings(VARIANT, PRESETS[PRESET])
     tok_o = {**tok_o, **(SMOKE_TOKENIZER if smoke else {}), "backend": backend}
@@ -136,7 +136,7 @@ def configs(d: int, backend: str, seed: int, epochs: Optional[int], patience: Op
 def run_stage1(x: torch.Tensor, weights: np.ndarray, cfg, s1, seed: int, device: torch.device) -> dict:
     """One Stage 1 as the pipeline runs it (checkpoints in a temporary directory), timed."""
     import capsid_kernels as ck
-    from capsid.stage1 import train_stage1
+    from capsid_gr.stage1 import train_stage1
 
     tokenizer = ck.CapsIDTokenizer(cfg, seed=seed)
     stamps: dict = {}
@@ -210,8 +210,8 @@ def stage1_rows(x_np: np.ndarray, weights: np.ndarray, backends: list[str], devi
 
 def rqkmeans_row(x_np: np.ndarray, env: dict, *, seed: int = 0, smoke: bool = False, source: str = "") -> dict:
     """The RQ-KMeans baseline's tokenizer fit (``fit_rqkmeans`` with the gpu preset), host wall-clock."""
-    from capsid.baselines import RQKMeansConfig, fit_rqkmeans
-    from capsid.pipeline import PRESETS
+    from capsid_gr.baselines import RQKMeansConfig, fit_rqkmeans
+    from capsid_gr.pipeline import PRESETS
 
     cfg = RQKMeansConfig(seed=seed, **{**PRESETS[PRESET]["rqkmeans"], **(SMOKE_RQKMEANS if smoke else {})})
     t0 = time.perf_counter()

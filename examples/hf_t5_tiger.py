@@ -26,7 +26,7 @@ import torch
 import transformers
 
 import capsid_kernels as ck
-from capsid.stage1.init import data_init
+from capsid_gr.stage1.init import data_init
 from capsid_kernels.decode.hf import TrieLogitsProcessor
 
 TEXT_VOCAB = 100            # stands in for the model's text tokens (ids 2 .. 99 here)

@@ -25,7 +25,7 @@ for job in "$@"; do
   out="$OUT/runs"; [ $# -gt 0 ] && out="$OUT/runs-$n"
   if [ "${v#@}" != "$v" ]; then what=(--anchors ${v#@}); what=(${what[@]//,/ } --tokenizer); v=${v#@}; v=${v//,/+}; tag=$v; [ $# -gt 0 ] && tag="$v-$n"
   else what=(--tokenizer "$v"); fi
-  timeout "${JOB_TIMEOUT:-540}" $PY -m capsid.cli pipeline --data "${DATA:-.data/amazon-beauty}" --vectors "${VECTORS:-.data/beauty_vectors.npy}" \
+  timeout "${JOB_TIMEOUT:-540}" $PY -m capsid_gr.cli pipeline --data "${DATA:-.data/amazon-beauty}" --vectors "${VECTORS:-.data/beauty_vectors.npy}" \
     "${what[@]}" --seeds "$s" --preset "${PRESET:-gpu}" --device cuda --out "$out" ${S2_SECONDS:+--set stage2.max_seconds=$S2_SECONDS} ${FIT_SECONDS:+--set fit.max_seconds=$FIT_SECONDS} ${EXTRA:-} "$@" \
     > "$OUT/$tag-seed$s.log" 2>&1 &
   pids+=($!)

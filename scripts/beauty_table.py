@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from capsid.atomic import write_text_atomic  # noqa: E402
-from capsid.pipeline import results_table  # noqa: E402
+from capsid_gr.atomic import write_text_atomic  # noqa: E402
+from capsid_gr.pipeline import results_table  # noqa: E402
 
 ORDER = ("markov1", "markov", "sasrec", "rqkmeans", "gaoq", "rqvae", "rqvae-hamr", "capsid", "capsid-dedup", "capsid-nobpe", "capsid-hard",
          "capsid-t1", "capsid-len2", "capsid-len4", "capsid-nospread", "capsid-freqbpe", "capsid-hamr")

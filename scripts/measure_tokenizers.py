@@ -6,12 +6,12 @@ docs/data/tokenizers_<name>_seed<SEED>.json.
 """
 import json, os, sys, time, platform, numpy as np, torch
 torch.set_num_threads(1)
-from capsid.data import SyntheticConfig, make_synthetic
-from capsid.baselines.gaoq import GAOQConfig, fit_gaoq
-from capsid.baselines.rqkmeans import RQKMeansConfig, fit_rqkmeans
-from capsid.baselines.rqvae import RQVAEConfig, fit_rqvae
-from capsid.tokenizer.hamr import HaMRConfig
-from capsid.metrics import tokenizer_metrics
+from capsid_gr.data import SyntheticConfig, make_synthetic
+from capsid_gr.baselines.gaoq import GAOQConfig, fit_gaoq
+from capsid_gr.baselines.rqkmeans import RQKMeansConfig, fit_rqkmeans
+from capsid_gr.baselines.rqvae import RQVAEConfig, fit_rqvae
+from capsid_gr.tokenizer.hamr import HaMRConfig
+from capsid_gr.metrics import tokenizer_metrics
 if len(sys.argv) > 3:
     x, dataset = np.load(sys.argv[2]).astype(np.float32), sys.argv[3]
 else:

@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpus.csv"
 for N in 1 2; do
   echo "== $N GPU(s) =="
   CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((N - 1))) \
-    $PY -m torch.distributed.run --standalone --nproc_per_node "$N" -m capsid.distributed.run "${ARGS[@]}" \
+    $PY -m torch.distributed.run --standalone --nproc_per_node "$N" -m capsid_gr.distributed.run "${ARGS[@]}" \
     2>&1 | tee "$OUT/bench_world$N.log"
 done
 $PY - "$ROWS" "$OUT/scaling.json" <<'PYEOF'

@@ -39,9 +39,9 @@ def _positive(row: dict, keys) -> None:
 def test_stack_loss_is_stage1_loss(one_torch_thread):
     """The bench's stack loss equals Stage 1's loss terms on a CapsIDTokenizer, value and gradients."""
     import capsid_kernels as ck
-    from capsid.stage1 import Stage1Config
-    from capsid.tokenizer import losses
-    from capsid.tokenizer.forward import forward_all_depths
+    from capsid_gr.stage1 import Stage1Config
+    from capsid_gr.tokenizer import losses
+    from capsid_gr.tokenizer.forward import forward_all_depths
     from capsid_kernels.reference import route_reference
 
     cfg = ck.CapsIDConfig(d=SMALL["d"], capsules=SMALL["K"], capsule_dim=SMALL["dc"], backend="eager")

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capsid.bpe import (
+from capsid_gr.bpe import (
     EOS,
     MergeGate,
     MergeTable,
@@ -102,7 +102,7 @@ def test_candidates_respect_n_min_and_theta():
     pairs = np.array([[3, 8], [4, 9], [5, 10]])
     counts = np.array([50.0, 10.0, 40.0])
     emb = _emb({3: [1, 0, 0, 0], 8: [1, 0.1, 0, 0], 4: [1, 0, 0, 0], 9: [1, 0, 0, 0], 5: [1, 0, 0, 0], 10: [0, 1, 0, 0]})
-    from capsid.bpe import PairCounts
+    from capsid_gr.bpe import PairCounts
     c = select_candidates(PairCounts(pairs, counts), emb, n_min=20, theta=0.5, alpha=0.6, max_merges=10)
     # (4, 9) is too rare, (5, 10) is orthogonal
     assert c.pairs.tolist() == [[3, 8]]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from capsid.cli import main
+from capsid_gr.cli import main
 
 import sklearn  # noqa: F401  (a hard dependency of the GR system)
 

@@ -8,7 +8,7 @@ import errno
 import numpy as np
 import pytest
 
-from capsid.cli import main
+from capsid_gr.cli import main
 
 
 def _error(capsys) -> str:
@@ -83,8 +83,8 @@ def test_os_errors_are_a_clear_error_not_a_traceback(tmp_path, capsys, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(atomic, "write_atomic", full)
-    import capsid.atomic
-    monkeypatch.setattr(capsid.atomic, "_write_atomic", full)
+    import capsid_gr.atomic
+    monkeypatch.setattr(capsid_gr.atomic, "_write_atomic", full)
     out = tmp_path / "ok" / "d.json"
     assert main(["encode", "--items", "50", "--device", "cpu", "--quiet", "--json", str(out)]) == 1
     err = _error(capsys)

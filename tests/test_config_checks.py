@@ -1,5 +1,5 @@
 """Every configuration dataclass checks its fields' types and ranges on construction
-(capsid.checks.check_config), and the `--set` parser hands it JSON values (issue 21)."""
+(capsid_gr.checks.check_config), and the `--set` parser hands it JSON values (issue 21)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from capsid.checks import _base, check_config
-from capsid.pipeline import PRESETS, _section_class, preset_settings
+from capsid_gr.checks import _base, check_config
+from capsid_gr.pipeline import PRESETS, _section_class, preset_settings
 
 SECTIONS = [k for k, v in PRESETS["cpu"].items() if isinstance(v, dict)]
 
@@ -67,7 +67,7 @@ def test_a_wrong_type_or_negative_value_is_a_value_error_naming_the_field(data):
 @given(text=st.text(max_size=30))
 def test_set_values_never_raise_anything_but_a_clear_error(text):
     """Any `--set fit.lr=<text>`: accepted, or ValueError / ArgumentTypeError naming the field."""
-    from capsid.pipeline import parse_override
+    from capsid_gr.pipeline import parse_override
 
     try:
         section, field, value = parse_override(f"fit.lr={text}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capsid.data import (
+from capsid_gr.data import (
     PAD_ITEM,
     DataError,
     SequenceDataset,
@@ -100,7 +100,7 @@ def test_synthetic_item_vectors_are_chunk_independent():
 
 
 def test_import_leaves_torch_alone():
-    code = "import sys, capsid.data; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, capsid_gr.data; assert 'torch' not in sys.modules, 'torch imported'"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "python")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
@@ -267,7 +267,7 @@ def test_duplicate_json_keys_are_refused(tmp_path, fname):
 def test_metadata_line_numbers_are_looked_up_only_for_errors(tmp_path, monkeypatch):
     """A text search per JSON key made loading quadratic (~15 s per 1,000 keys on Beauty-sized
     files): a valid file searches nothing, a bad one once, for its message."""
-    import capsid.data.amazon as amazon
+    import capsid_gr.data.amazon as amazon
 
     calls = []
     real = amazon._line_of_key

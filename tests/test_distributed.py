@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from capsid.distributed import DistContext, shard_bounds
+from capsid_gr.distributed import DistContext, shard_bounds
 
 WORLD = 2
 RTOL = 1e-5
@@ -38,8 +38,8 @@ def _free_port() -> int:
 # ---- shared fixtures (built identically in the parent and in each child) --------------------
 def _stage1_setup(batch_size: int = 42):
     import capsid_kernels as ck
-    from capsid.data import SyntheticConfig, make_synthetic
-    from capsid.stage1 import Stage1Config
+    from capsid_gr.data import SyntheticConfig, make_synthetic
+    from capsid_gr.stage1 import Stage1Config
 
     data = make_synthetic(SyntheticConfig(n_items=200, n_users=120, d=32, seed=3))
     x, w = torch.as_tensor(data.item_vectors), data.popularity().astype(float)
@@ -53,8 +53,8 @@ def _stage1_setup(batch_size: int = 42):
 def _stage2_setup(**overrides):
     import dataclasses
 
-    from capsid.generator import Generator, GeneratorConfig
-    from capsid.stage2 import Stage2Config
+    from capsid_gr.generator import Generator, GeneratorConfig
+    from capsid_gr.stage2 import Stage2Config
     from test_generator import tiny_capsid
     from test_stage2 import deterministic_dataset
 
@@ -71,11 +71,11 @@ def _stage2_setup(**overrides):
 
 
 def _eval_setup():
-    from capsid.eval import Recommender, build_item_trie
+    from capsid_gr.eval import Recommender, build_item_trie
 
     items, data, _, model = _stage2_setup()
     split = data.split(max_history=5)
-    from capsid.generator import ItemInputs
+    from capsid_gr.generator import ItemInputs
 
     rec = Recommender(model, ItemInputs(items, None), items, build_item_trie(items, data.popularity(), "cpu"), 5)
     hist = split.test.histories()[:37]
@@ -99,10 +99,10 @@ TINY_TOKENIZE_N, TINY_EVAL_Q = 1, 3
 
 
 def _empty_slice_jobs(dist, out: str) -> None:
-    from capsid.distributed.evaluate import evaluate_sharded
-    from capsid.distributed.tokenize import tokenize_sharded
-    from capsid.stage1 import train_stage1
-    from capsid.stage2 import train_stage2
+    from capsid_gr.distributed.evaluate import evaluate_sharded
+    from capsid_gr.distributed.tokenize import tokenize_sharded
+    from capsid_gr.stage1 import train_stage1
+    from capsid_gr.stage2 import train_stage2
 
     tok, x, w, cfg = _stage1_setup(S1_TINY_BATCH)
     res = train_stage1(tok, x, w, cfg, show_progress=False, dist=dist)
@@ -130,7 +130,7 @@ def _time_budget_job(dist, out: str) -> None:
     budget (it waited in the first collective): the ranks must still stop together."""
     import time
 
-    from capsid.stage2 import train_stage2
+    from capsid_gr.stage2 import train_stage2
 
     items, data, cfg, model = _stage2_setup(epochs=4, eval_every=100, max_seconds=1.0)
     if dist.rank == 1:
@@ -144,10 +144,10 @@ def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from capsid.distributed.evaluate import evaluate_sharded
-    from capsid.distributed.tokenize import tokenize_sharded
-    from capsid.stage1 import train_stage1
-    from capsid.stage2 import train_stage2
+    from capsid_gr.distributed.evaluate import evaluate_sharded
+    from capsid_gr.distributed.tokenize import tokenize_sharded
+    from capsid_gr.stage1 import train_stage1
+    from capsid_gr.stage2 import train_stage2
 
     dist = DistContext.from_env(backend="gloo", device="cpu")
     try:
@@ -201,7 +201,7 @@ def two_process_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     import torch.multiprocessing as mp
 
-    from capsid.stage1 import train_stage1
+    from capsid_gr.stage1 import train_stage1
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     before = torch.get_num_threads()
@@ -259,7 +259,7 @@ STAGE1_KEYS = ("train_route", "train_spread", "train_len", "train_bpe", "train_t
 
 
 def test_stage1_two_processes_match_one(two_process_run, one_thread):
-    from capsid.stage1 import load_checkpoint, train_stage1
+    from capsid_gr.stage1 import load_checkpoint, train_stage1
 
     tok, x, w, cfg = _stage1_setup()
     res = train_stage1(tok, x, w, cfg, show_progress=False)
@@ -273,7 +273,7 @@ def test_stage1_two_processes_match_one(two_process_run, one_thread):
 
 
 def test_stage1_resumes_a_two_process_checkpoint_in_one(two_process_run, one_thread):
-    from capsid.stage1 import train_stage1
+    from capsid_gr.stage1 import train_stage1
 
     tok, x, w, cfg = _stage1_setup()
     straight = train_stage1(tok, x, w, cfg, show_progress=False)
@@ -285,7 +285,7 @@ def test_stage1_resumes_a_two_process_checkpoint_in_one(two_process_run, one_thr
 
 
 def test_stage2_two_processes_match_one(two_process_run, one_thread):
-    from capsid.stage2 import train_stage2
+    from capsid_gr.stage2 import train_stage2
 
     items, data, cfg, model = _stage2_setup()
     res = train_stage2(model, items, data.split(max_history=cfg.max_history), data.popularity(), cfg,
@@ -297,7 +297,7 @@ def test_stage2_two_processes_match_one(two_process_run, one_thread):
 
 
 def test_sharded_tokenization_is_bit_identical(two_process_run, one_thread):
-    from capsid.stage1.train import tokenize_items
+    from capsid_gr.stage1.train import tokenize_items
 
     tok, _, _, _ = _stage1_setup()
     xs = torch.randn(1000, 32, generator=torch.Generator().manual_seed(1))
@@ -308,7 +308,7 @@ def test_sharded_tokenization_is_bit_identical(two_process_run, one_thread):
 
 
 def test_sharded_evaluation_equals_one_process(two_process_run, one_thread):
-    from capsid.eval import evaluate
+    from capsid_gr.eval import evaluate
 
     rec, hist, target, tiers = _eval_setup()
     want = evaluate(rec, hist, target, tiers=tiers, ks=(1, 5, 10), num_beams=10, batch_size=8, token_metrics=False)
@@ -322,7 +322,7 @@ def test_sharded_evaluation_equals_one_process(two_process_run, one_thread):
 
 # ---- a one-process checkpoint resumed on two processes ---------------------------------------
 def test_stage1_resumes_a_one_process_checkpoint_in_two(two_process_run, one_thread):
-    from capsid.stage1 import load_checkpoint, train_stage1
+    from capsid_gr.stage1 import load_checkpoint, train_stage1
 
     tok, x, w, cfg = _stage1_setup()
     straight = train_stage1(tok, x, w, cfg, show_progress=False)
@@ -342,7 +342,7 @@ def test_empty_slices_are_the_sharding_rule():
 
 
 def test_stage1_final_batch_of_one_item(two_process_run, one_thread):
-    from capsid.stage1 import train_stage1
+    from capsid_gr.stage1 import train_stage1
 
     tok, x, w, cfg = _stage1_setup(S1_TINY_BATCH)
     assert (180 % cfg.batch_size) == 1
@@ -353,7 +353,7 @@ def test_stage1_final_batch_of_one_item(two_process_run, one_thread):
 
 
 def test_stage2_final_batch_of_one_sample_and_one_validation_user(two_process_run, one_thread):
-    from capsid.stage2 import train_stage2
+    from capsid_gr.stage2 import train_stage2
 
     items, data, cfg, model = _stage2_setup(**S2_TINY)
     res = train_stage2(model, items, data.split(max_history=cfg.max_history), data.popularity(), cfg,
@@ -365,7 +365,7 @@ def test_stage2_final_batch_of_one_sample_and_one_validation_user(two_process_ru
 
 
 def test_sharded_tokenization_of_fewer_items_than_ranks(two_process_run, one_thread):
-    from capsid.stage1.train import tokenize_items
+    from capsid_gr.stage1.train import tokenize_items
 
     tok, _, _, _ = _stage1_setup()
     xs = torch.randn(1000, 32, generator=torch.Generator().manual_seed(1))[:TINY_TOKENIZE_N]
@@ -376,7 +376,7 @@ def test_sharded_tokenization_of_fewer_items_than_ranks(two_process_run, one_thr
 
 
 def test_sharded_evaluation_with_an_idle_rank(two_process_run, one_thread):
-    from capsid.eval import evaluate
+    from capsid_gr.eval import evaluate
 
     rec, hist, target, tiers = _eval_setup()
     want = evaluate(rec, hist[:TINY_EVAL_Q], target[:TINY_EVAL_Q], tiers=tiers, ks=(1, 5, 10), num_beams=10,

@@ -2,7 +2,7 @@
 
 import json
 
-from capsid.cli import main
+from capsid_gr.cli import main
 
 
 def test_encode_synthetic_in_chunks_writes_diagnostics(tmp_path, capsys):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from capsid.eval import Recommender, brute_force_topk, build_item_trie, evaluate, ranking_metrics, path_scores
-from capsid.generator import EOS, Generator, GeneratorConfig, ItemInputs, RoutingAdapter, from_paths
+from capsid_gr.eval import Recommender, brute_force_topk, build_item_trie, evaluate, ranking_metrics, path_scores
+from capsid_gr.generator import EOS, Generator, GeneratorConfig, ItemInputs, RoutingAdapter, from_paths
 
 from test_generator import tiny_capsid
 
@@ -76,7 +76,7 @@ def test_ranking_metrics_by_hand():
 def test_evaluate_reports_everything():
     items = toy_items()
     model = Generator(items.vocab_size, CFG, seed=2)
-    from capsid.data import popularity_tiers
+    from capsid_gr.data import popularity_tiers
     pop = np.arange(items.n_items, dtype=np.int64)
     rec = Recommender(model, ItemInputs(items), items, build_item_trie(items, pop, "cpu"))
     hists = [np.array([0, 1]), np.array([2]), np.array([3, 4, 5])]

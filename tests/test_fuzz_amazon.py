@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capsid.data import DataError, load_amazon
+from capsid_gr.data import DataError, load_amazon
 
 N_ITEMS = 6
 HEADER = "item_id:token\ttitle:token\tcategories:token_seq\tprice:float\tbrand:token\n"

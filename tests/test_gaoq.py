@@ -9,14 +9,14 @@ import pytest
 
 import scipy  # noqa: F401  (a hard dependency of the GR system)
 
-from capsid.baselines.gaoq import (  # noqa: E402
+from capsid_gr.baselines.gaoq import (  # noqa: E402
     GAOQConfig,
     balanced_assignment,
     fit_gaoq,
     level_anchors,
     match_anchors,
 )
-from capsid.metrics import collision_rate  # noqa: E402
+from capsid_gr.metrics import collision_rate  # noqa: E402
 
 
 @pytest.mark.parametrize("exact", [True, False])
@@ -88,7 +88,7 @@ def test_shared_direction_gets_the_same_index_under_both_parents():
 
 
 def test_fit_is_balanced_per_node_injective_and_seeded():
-    from capsid.data import SyntheticConfig, make_synthetic
+    from capsid_gr.data import SyntheticConfig, make_synthetic
 
     x = make_synthetic(SyntheticConfig(n_items=700, n_users=40)).item_vectors
     cfg = GAOQConfig(branching=(6, 5, 4), anchors=(8, 5, 6), exact_limit=64, seed=1)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import capsid_kernels as ck
-from capsid.bpe import MergeTable
-from capsid.generator import (
+from capsid_gr.bpe import MergeTable
+from capsid_gr.generator import (
     BOS,
     EOS,
     PAD,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from capsid.tokenizer.hamr import (
+from capsid_gr.tokenizer.hamr import (
     HaMRConfig,
     hamming,
     hamr_loss,

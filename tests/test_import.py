@@ -8,7 +8,7 @@ import capsid_kernels.info
 
 def test_import_leaves_cuda_uninitialised():
     code = (
-        "import torch, capsid_kernels, capsid, capsid.data, capsid.cli;"
+        "import torch, capsid_kernels, capsid_gr, capsid_gr.data, capsid_gr.cli;"
         "import capsid_kernels.info;"
         "assert not torch.cuda.is_initialized(), 'CUDA initialised by import';"
         "print('ok')"

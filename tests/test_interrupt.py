@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from capsid.stage1 import load_checkpoint
+from capsid_gr.stage1 import load_checkpoint
 
 # lr 1e-2, n_min 2 and theta_end -1 so that the gate is trained and merges exist to compare
 ARGS = ["tokenize", "--tokenizer", "capsid", "--items", "300", "--users", "200", "--epochs", "14",
@@ -42,7 +42,7 @@ def _env(tmp_path: Path) -> dict:
 
 
 def _start(out: Path, tmp_path: Path, log: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "capsid.cli", *ARGS, "--out", str(out)],
+    return subprocess.Popen([sys.executable, "-m", "capsid_gr.cli", *ARGS, "--out", str(out)],
                             env=_env(tmp_path), stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -115,14 +115,14 @@ def test_same_seed_gives_the_same_sids_merges_and_metrics_twice(warm_up):
     """Two in-process Stage-1 runs with one seed: equal SIDs, merges, history (CPU). With the
     random start the SIDs are long enough for merges, so the gate's determinism is covered too."""
     import capsid_kernels as ck
-    from capsid.data import SyntheticConfig, make_synthetic
-    from capsid.stage1 import Stage1Config, train_stage1
-    from capsid.bpe import SemanticBPEConfig
+    from capsid_gr.data import SyntheticConfig, make_synthetic
+    from capsid_gr.stage1 import Stage1Config, train_stage1
+    from capsid_gr.bpe import SemanticBPEConfig
 
     data = make_synthetic(SyntheticConfig(n_items=200, n_users=150, seed=1))
     x = torch.as_tensor(data.item_vectors)
     w = data.popularity().astype(float)
-    from capsid.stage1.init import InitConfig
+    from capsid_gr.stage1.init import InitConfig
 
     cfg = Stage1Config(epochs=3, batch_size=64, lr=1e-2, seed=4,
                        bpe=SemanticBPEConfig(n_min=2, theta_end=-1.0), init=InitConfig() if warm_up else None)

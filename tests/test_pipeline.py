@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from capsid import pipeline
+from capsid_gr import pipeline
 
 TINY = {
     "synthetic": {"n_items": 200, "n_users": 300, "branching": (4, 2, 2), "level_scales": (1.0, 0.6, 0.35)},
@@ -62,7 +62,7 @@ def test_variant_settings_cover_the_ablations():
 def test_set_overrides_parse_apply_and_reject_unknown_fields():
     import argparse
 
-    from capsid.pipeline import PRESETS, parse_override, preset_settings
+    from capsid_gr.pipeline import PRESETS, parse_override, preset_settings
 
     assert parse_override("stage2.epochs=5") == ("stage2", "epochs", 5)
     assert parse_override("stage2.soft_inputs=true") == ("stage2", "soft_inputs", True)
@@ -83,7 +83,7 @@ def test_set_overrides_parse_apply_and_reject_unknown_fields():
         with pytest.raises(ValueError, match=rf"--set {section}\.\*: .*{what}"):
             preset_settings(argparse.Namespace(preset="cpu", set=[(section, field, value)]))
     # --set reaches the synthetic catalogue too (it used to read the bare preset)
-    from capsid.pipeline import load_data
+    from capsid_gr.pipeline import load_data
 
     data = load_data(argparse.Namespace(preset="cpu", data="synthetic", data_seed=0,
                                         set=[("synthetic", "n_items", 250), ("synthetic", "n_users", 90)]))

@@ -7,8 +7,8 @@ import pytest
 
 import sklearn  # noqa: F401  (a hard dependency of the GR system)
 
-from capsid.baselines import RQKMeansConfig, disambiguation_column, fit_rqkmeans  # noqa: E402
-from capsid.metrics import collision_rate, tokenizer_metrics  # noqa: E402
+from capsid_gr.baselines import RQKMeansConfig, disambiguation_column, fit_rqkmeans  # noqa: E402
+from capsid_gr.metrics import collision_rate, tokenizer_metrics  # noqa: E402
 
 
 def test_disambiguation_column_by_hand():

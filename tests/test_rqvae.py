@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from capsid.baselines.rqvae import RQVAEConfig, fit_rqvae, kmeans
-from capsid.data import SyntheticConfig, make_synthetic
-from capsid.metrics import collision_rate, tokenizer_metrics
-from capsid.tokenizer.hamr import HaMRConfig
+from capsid_gr.baselines.rqvae import RQVAEConfig, fit_rqvae, kmeans
+from capsid_gr.data import SyntheticConfig, make_synthetic
+from capsid_gr.metrics import collision_rate, tokenizer_metrics
+from capsid_gr.tokenizer.hamr import HaMRConfig
 
 SMALL = RQVAEConfig(hidden=(64,), latent=16, levels=2, codes=8, epochs=40, batch_size=200, seed=0)
 """8 codes per level on a catalogue of 8 top facets: collapse would show as few used codes."""

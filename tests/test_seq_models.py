@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from capsid.anchors import MarkovRecommender, SASRec, SASRecConfig, SASRecRecommender, fit_markov
-from capsid.data import SyntheticConfig, make_synthetic
-from capsid.eval import build_item_trie
-from capsid.eval.metrics import ranking_metrics
-from capsid.generator.seq import EncDecConfig, EncDecGenerator, EncDecRecommender
-from capsid.pipeline import fit_baseline
-from capsid.stage2.fit import FitConfig, fit_sequential, learning_rate
+from capsid_gr.anchors import MarkovRecommender, SASRec, SASRecConfig, SASRecRecommender, fit_markov
+from capsid_gr.data import SyntheticConfig, make_synthetic
+from capsid_gr.eval import build_item_trie
+from capsid_gr.eval.metrics import ranking_metrics
+from capsid_gr.generator.seq import EncDecConfig, EncDecGenerator, EncDecRecommender
+from capsid_gr.pipeline import fit_baseline
+from capsid_gr.stage2.fit import FitConfig, fit_sequential, learning_rate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -126,7 +126,7 @@ def test_encdec_cached_decoding_matches_the_full_forward(data, item_ids):
         for i in range(path.shape[1] - 1):
             step.append(model.step(path[:, i], i + 1, state, 1))
         memory, valid = model.encode(hist)
-        from capsid.generator.seq import BOS
+        from capsid_gr.generator.seq import BOS
 
         dec_in = torch.cat([torch.full_like(path[:, :1], BOS), path[:, :-1]], 1)
         x = model._decoder_inputs(dec_in)
@@ -191,8 +191,8 @@ def test_fit_config_names_bad_fields():
 
 
 def test_cooccurrence_vectors_carry_next_item_signal(data):
-    from capsid.vectors.collaborative import cooccurrence_vectors
-    from capsid.vectors.diagnostics import last_item_nn_recall, popularity_recall as pop_recall
+    from capsid_gr.vectors.collaborative import cooccurrence_vectors
+    from capsid_gr.vectors.diagnostics import last_item_nn_recall, popularity_recall as pop_recall
 
     split = data.split()
     v = cooccurrence_vectors(split.train, data.n_items, dim=16, window=3, seed=0)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import capsid_kernels as ck
-from capsid.data import SyntheticConfig, make_synthetic
-from capsid.stage1 import Stage1Config, load_checkpoint, train_stage1
-from capsid.stage1.train import tokenize_items
-from capsid.tokenizer import forward_all_depths, losses, schedules
+from capsid_gr.data import SyntheticConfig, make_synthetic
+from capsid_gr.stage1 import Stage1Config, load_checkpoint, train_stage1
+from capsid_gr.stage1.train import tokenize_items
+from capsid_gr.tokenizer import forward_all_depths, losses, schedules
 
 
 def test_route_loss_by_hand():

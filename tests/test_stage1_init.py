@@ -1,4 +1,4 @@
-"""The capsule warm-up of Stage 1 (capsid.stage1.init): routing leaves the uniform regime."""
+"""The capsule warm-up of Stage 1 (capsid_gr.stage1.init): routing leaves the uniform regime."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import capsid_kernels as ck
-from capsid.stage1.init import InitConfig, data_init
+from capsid_gr.stage1.init import InitConfig, data_init
 
 
 def clustered(n_clusters=12, per=40, d=32, seed=0):

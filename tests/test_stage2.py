@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from capsid.data import SequenceDataset
-from capsid.eval import evaluate
-from capsid.generator import Generator, GeneratorConfig
-from capsid.stage2 import Stage2Config, train_stage2, training_samples, training_windows
+from capsid_gr.data import SequenceDataset
+from capsid_gr.eval import evaluate
+from capsid_gr.generator import Generator, GeneratorConfig
+from capsid_gr.stage2 import Stage2Config, train_stage2, training_samples, training_windows
 
 from test_generator import tiny_capsid
 
@@ -122,7 +122,7 @@ def test_training_samples_never_leak_held_out_items():
 
 
 def test_length_buckets_keep_every_sample_once_and_cut_padding():
-    from capsid.stage2.samples import bucketed_batches
+    from capsid_gr.stage2.samples import bucketed_batches
 
     rng = np.random.default_rng(3)
     samples = np.stack([np.arange(2000) % 97, rng.geometric(0.12, 2000)], 1)  # skewed, like real histories

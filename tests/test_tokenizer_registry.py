@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from capsid import pipeline
-from capsid.cli import main
-from capsid.jobs import tokenize as tokenize_job
-from capsid.jobs.tokenizers import ALIASES, BASELINES, CAPSID_VARIANTS, TOKENIZERS, canonical, parse_tokenizers
+from capsid_gr import pipeline
+from capsid_gr.cli import main
+from capsid_gr.jobs import tokenize as tokenize_job
+from capsid_gr.jobs.tokenizers import ALIASES, BASELINES, CAPSID_VARIANTS, TOKENIZERS, canonical, parse_tokenizers
 
 import sklearn  # noqa: F401  (a hard dependency of the GR system)
 import scipy  # noqa: F401  (a hard dependency of the GR system)
@@ -42,8 +42,8 @@ def test_pipeline_and_tokenize_share_one_registry():
 
 
 def test_stage1_config_without_hamr_keeps_its_stored_form():
-    from capsid.stage1 import Stage1Config
-    from capsid.tokenizer.hamr import HaMRConfig
+    from capsid_gr.stage1 import Stage1Config
+    from capsid_gr.tokenizer.hamr import HaMRConfig
 
     assert "hamr" not in Stage1Config().to_dict()  # old checkpoints' config still matches
     assert Stage1Config(hamr=HaMRConfig()).to_dict()["hamr"]["m_full"] == 0.8
@@ -86,7 +86,7 @@ def test_pipeline_baselines_convert_through_from_paths():
 def test_tokenize_rqvae_hamr_runs(tmp_path, monkeypatch):
     import functools
 
-    from capsid.baselines import RQVAEConfig
+    from capsid_gr.baselines import RQVAEConfig
 
     small = functools.partial(RQVAEConfig, epochs=2, hidden=(16,), latent=8, batch_size=128)
     monkeypatch.setattr(tokenize_job, "RQVAEConfig", small)

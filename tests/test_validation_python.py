@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capsid.atomic import save_npy_atomic
-from capsid.bpe import MergeTable, count_pairs
-from capsid.bpe.merges import FORMAT_VERSION
-from capsid.data import make_synthetic, SyntheticConfig
-from capsid.vectors import VectorConfig, build_item_vectors
+from capsid_gr.atomic import save_npy_atomic
+from capsid_gr.bpe import MergeTable, count_pairs
+from capsid_gr.bpe.merges import FORMAT_VERSION
+from capsid_gr.data import make_synthetic, SyntheticConfig
+from capsid_gr.vectors import VectorConfig, build_item_vectors
 
 BASE = 15
 

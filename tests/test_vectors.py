@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-import capsid.vectors.build as build_mod
-from capsid.data import SequenceDataset, SyntheticConfig, default_beauty_dir, load_amazon, make_synthetic
-from capsid.metrics import tokenizer_metrics
-from capsid.vectors import (
+import capsid_gr.vectors.build as build_mod
+from capsid_gr.data import SequenceDataset, SyntheticConfig, default_beauty_dir, load_amazon, make_synthetic
+from capsid_gr.metrics import tokenizer_metrics
+from capsid_gr.vectors import (
     VectorConfig,
     attribute_vectors,
     build_item_vectors,
@@ -99,7 +99,7 @@ needs_encoder = pytest.mark.skipif(content_model_id() is None, reason="needs the
 
 @needs_encoder
 def test_content_vectors_place_similar_texts_together():
-    from capsid.vectors import content_vectors
+    from capsid_gr.vectors import content_vectors
 
     v = content_vectors(["red lipstick; brand A; Makeup, Lips", "crimson lip colour; brand B; Makeup, Lips",
                          "lawn mower; brand C; Garden"])

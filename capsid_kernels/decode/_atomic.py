@@ -1,6 +1,6 @@
 """Crash-safe file writes for the kernel package (it must not import ``capsid``).
 
-The same protocol as ``capsid.atomic.write_atomic``: a temporary file in the target's
+The same protocol as ``capsid_gr.atomic.write_atomic``: a temporary file in the target's
 folder, flushed and fsynced, ``os.replace``d over the target, then the folder fsynced, so
 after a crash or power loss a reader sees the old file or the new one, whole.
 

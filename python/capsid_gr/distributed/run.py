@@ -1,6 +1,6 @@
-"""`python -m capsid.distributed.run bench` (also `capsid distributed bench`), under torchrun:
+"""`python -m capsid_gr.distributed.run bench` (also `capsid distributed bench`), under torchrun:
 
-    torchrun --standalone --nproc_per_node 2 -m capsid.distributed.run bench --items 2000000
+    torchrun --standalone --nproc_per_node 2 -m capsid_gr.distributed.run bench --items 2000000
 
 The scale study of issue 9 on a synthetic catalogue: sharded tokenization of --items random
 item vectors, one Stage-2 epoch on --users random sequences, sharded evaluation on the test
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m capsid.distributed.run", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m capsid_gr.distributed.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return run(p.parse_args(argv))

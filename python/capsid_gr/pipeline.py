@@ -26,7 +26,7 @@ from .atomic import writable_folder, write_text_atomic
 from .jobs.tokenizers import ALIASES, BASELINES, DISAMBIGUATED, TOKENIZERS, canonical, capsid_variant
 
 VARIANTS = TOKENIZERS
-"""The tokenizer names: capsid.jobs.tokenizers' registry, the same as `capsid tokenize`'s
+"""The tokenizer names: capsid_gr.jobs.tokenizers' registry, the same as `capsid tokenize`'s
 (`capsid` = CAPSID + SemanticBPE, `capsid-nobpe` without it, the capsid-* ablations, the
 baselines); the former short names (capsid+bpe, hard, t1, len2, len4, nospread, freqbpe) are
 accepted through its ALIASES. Results are filed under the registry name."""
@@ -98,7 +98,7 @@ PRESETS = {
     },
 }
 """Each preset's `generator_kind` picks the generator (`--generator` overrides): "encdec" (the
-item-level encoder-decoder, `capsid.generator.seq`, trained by `capsid.stage2.fit` with the
+item-level encoder-decoder, `capsid_gr.generator.seq`, trained by `capsid_gr.stage2.fit` with the
 `fit` section) or "decoder" (the token-level causal Transformer of `generator`/`stage2`, the
 only one with CAPSID's soft inputs). The `sasrec` and `fit` sections also drive the SASRec
 anchor, `markov` the Markov anchor (`--anchors`)."""
@@ -495,7 +495,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                    help="generator (default: the preset's generator_kind)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    p.add_argument("--vectors", help="item vectors .npy [n_items, d] (else built by capsid.vectors)")
+    p.add_argument("--vectors", help="item vectors .npy [n_items, d] (else built by capsid_gr.vectors)")
     p.add_argument("--vector-sources", default="content,cooc",
                    help="item-vector sources when --vectors is not given (capsid vectors prints each one's signal)")
     p.add_argument("--stage2-epochs", type=int, default=None)

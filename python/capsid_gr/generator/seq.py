@@ -16,7 +16,7 @@ Two models sit on it:
   tokens' self-attention keys and values (`EncDecRecommender`, through
   `capsid_kernels.beam_search` and its fused beam step).
 * `SASRec` (the anchor of SPEC §8): item-id embeddings, full-softmax cross entropy over the
-  catalogue, full ranking (`capsid.anchors`).
+  catalogue, full ranking (`capsid_gr.anchors`).
 """
 
 from __future__ import annotations

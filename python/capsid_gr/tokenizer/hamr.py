@@ -25,7 +25,7 @@ Use the SIDs *before* any disambiguation token: that token exists to hide the co
 this loss is meant to see. SIDs carry no gradient; the embeddings do.
 
 Where it plugs in:
-- RQ-VAE (`capsid.baselines.rqvae`, `RQVAEConfig(hamr=HaMRConfig())`): embeddings = the
+- RQ-VAE (`capsid_gr.baselines.rqvae`, `RQVAEConfig(hamr=HaMRConfig())`): embeddings = the
   encoder output z, SIDs = the batch's hard codes.
 - CAPSID Stage 1: there is no encoder (item vectors are frozen), so the tokenizer's own
   space is where it decides: `routing_embedding(a.weights, a.reached)` concatenates the

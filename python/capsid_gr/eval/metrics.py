@@ -42,7 +42,7 @@ def ranking_metrics(ranked: np.ndarray, target: np.ndarray, ks: Iterable[int] = 
 def metrics_from_rank(rank: np.ndarray, target: np.ndarray, ks: Iterable[int] = (5, 10),
                       masks: Optional[dict[str, np.ndarray]] = None, tier_k: int = 10) -> dict:
     """`ranking_metrics` from each query's 0-based target rank (`target_rank`): what sharded
-    evaluation gathers, so its numbers come out of this same code (capsid.distributed)."""
+    evaluation gathers, so its numbers come out of this same code (capsid_gr.distributed)."""
     ks = list(ks)
     out = {}
     for k in ks:

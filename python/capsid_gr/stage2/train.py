@@ -85,7 +85,7 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
                  cfg: Stage2Config = Stage2Config(), *, device=None, out_dir: Optional[Path] = None,
                  resume: bool = True, show_progress: bool = True,
                  on_epoch_end: Optional[Callable[[dict], None]] = None, dist=None) -> Stage2Result:
-    """`dist`: a capsid.distributed.DistContext under torchrun: each rank takes its slice of
+    """`dist`: a capsid_gr.distributed.DistContext under torchrun: each rank takes its slice of
     every global batch, gradients are summed with each rank's token share as weight (so they
     equal one process's), validation users are sharded, only rank 0 writes."""
     from tqdm import tqdm

@@ -142,7 +142,7 @@ def from_capsid(tokenizer, x: Tensor, sids: Tensor, merges=None, merge_logit: Op
                 popularity: Optional[np.ndarray] = None) -> ItemTokenization:
     """Convert Stage 1's outputs: a CapsIDTokenizer, item vectors x [N, d], its inference SIDs
     [N, L_max] (per-depth codes, -1 padded, e.g. `tokenize_items(...).sids`), and optionally a
-    `capsid.bpe.MergeTable` with the frozen gate's merge logits (`merge_gate_logits`).
+    `capsid_gr.bpe.MergeTable` with the frozen gate's merge logits (`merge_gate_logits`).
 
     disambiguate: items whose (merged) paths are identical get one more token before EOS, the
         j-th item of a group (by `popularity` descending, then item id) the j-th disambiguation

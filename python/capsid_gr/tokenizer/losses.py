@@ -2,7 +2,7 @@
 
 Inputs come from `forward_all_depths` (stage1.py), which runs every depth on every item
 through `capsid_kernels.route`; nothing here touches routing math. L_BPE lives with the
-merge gate in capsid.bpe.gate, because it is a loss over merge candidates, not items.
+merge gate in capsid_gr.bpe.gate, because it is a loss over merge candidates, not items.
 """
 
 from __future__ import annotations

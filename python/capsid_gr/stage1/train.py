@@ -55,9 +55,9 @@ class Stage1Config:
     patience 10 on the validation items' L_route; loss weights lambda_r, lambda_s, lambda_l,
     lambda_b = 1.0, 0.1, 0.05, 0.2; spread margin m 0.2 -> 0.9. `val_fraction` of the items
     (at least one) are held out of the gradient steps and only measure reconstruction.
-    `hamr`: None, or the HaMR repulsion (capsid.tokenizer.hamr, `--hamr`) added as
+    `hamr`: None, or the HaMR repulsion (capsid_gr.tokenizer.hamr, `--hamr`) added as
     hamr.weight * L_HaMR on the routing weights of the depths each item reaches.
-    `init`: the data-dependent capsule warm-up of capsid.stage1.init (k-means centres, a
+    `init`: the data-dependent capsule warm-up of capsid_gr.stage1.init (k-means centres, a
     per-depth routing sharpness), run on the training items before the first epoch; None
     keeps the module's random initialisation (which stays in the uniform-routing regime)."""
 
@@ -176,7 +176,7 @@ def train_stage1(
     With `out_dir`, writes `stage1.safetensors` (checkpoint) and `stage1_log.jsonl` there
     after every epoch, and resumes from the checkpoint when `resume`. Ends with the best
     epoch's parameters loaded. x's device is the training device.
-    `dist`: a capsid.distributed.DistContext under torchrun: each rank routes its slice of
+    `dist`: a capsid_gr.distributed.DistContext under torchrun: each rank routes its slice of
     every global batch, the losses are those of the whole batch, only rank 0 writes.
     """
     from tqdm import tqdm

@@ -8,7 +8,7 @@
 Codebooks are initialised by k-means on the residuals of the first training batch, level by
 level (TIGER's remedy for codebook collapse). Colliding items get TIGER's extra
 disambiguation position, exactly as in the RQ-KMeans baseline. Optionally the HaMR
-repulsion (capsid.tokenizer.hamr) is added on the encoder output z with the batch's codes.
+repulsion (capsid_gr.tokenizer.hamr) is added on the encoder output z with the batch's codes.
 
 CPU-trainable on small catalogues; everything random is drawn from generators seeded by
 `seed` (model init, k-means seeding, batch order), never from global state.

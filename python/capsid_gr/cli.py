@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "over seeds, with a results table")
     _pipeline.build_parser(pipe)
     pipe.set_defaults(func=_pipeline.run)
-    dist = sub.add_parser("distributed", help="multi-process jobs under torchrun (capsid.distributed.run): "
+    dist = sub.add_parser("distributed", help="multi-process jobs under torchrun (capsid_gr.distributed.run): "
                                               "`bench` times sharded tokenization, Stage 2 and evaluation")
     from .distributed import run as _dist_run
     _dist_run.add_arguments(dist)

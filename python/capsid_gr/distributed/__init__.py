@@ -5,7 +5,7 @@ tokenization and evaluation, launched by torchrun.
     gather    a per-rank forward pass gathered into the global batch, differentiably (Stage 1)
     tokenize  sharded catalogue tokenization, bit-identical to one process
     evaluate  sharded beam evaluation, metrics equal to one process
-    run       `python -m capsid.distributed.run` (and `capsid distributed`): the launcher
+    run       `python -m capsid_gr.distributed.run` (and `capsid distributed`): the launcher
 
 Importing this package touches no GPU and joins no process group.
 """

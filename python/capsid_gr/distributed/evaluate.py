@@ -38,7 +38,7 @@ def target_ranks_sharded(rec: Recommender, histories: Sequence[np.ndarray], targ
 
 def evaluate_sharded(rec: Recommender, histories: Sequence[np.ndarray], targets: np.ndarray, dist: DistContext,
                      *, tiers=None, ks: Sequence[int] = (5, 10), num_beams: int = 50, batch_size: int = 64) -> dict:
-    """The ranking metrics of `capsid.eval.evaluate` (Recall/NDCG@K, tier recalls) over users
+    """The ranking metrics of `capsid_gr.eval.evaluate` (Recall/NDCG@K, tier recalls) over users
     sharded across ranks; every rank returns the same dict. Teacher-forced token metrics are
     not sharded: run `evaluate` on one rank for those."""
     top_k = max(max(ks), 10)
