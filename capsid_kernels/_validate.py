@@ -20,6 +20,12 @@ MODES = ("soft", "hard")
 PRECISIONS = ("exact", "tf32")
 
 
+def short(value: object, limit: int = 40) -> str:
+    """repr of a value for an error message, elided past `limit` characters."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[: limit - 12]}...({len(r)} chars)"
+
+
 def _tensor(name: str, t: object) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -38,9 +44,9 @@ def check_scalars(**values: object) -> None:
     pass every comparison of the stop rule as False and give NaN residuals without an error."""
     for name, v in values.items():
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"{name}: expected a finite number, got {v!r}")
+            raise ValueError(f"{name}: expected a finite number, got {short(v)}")
     if "eta" in values and values["eta"] <= 0:
-        raise ValueError(f"eta: expected a residual step > 0, got {values['eta']!r}")
+        raise ValueError(f"eta: expected a residual step > 0, got {short(values['eta'])}")
 
 
 def check_route_args(r: object, W: object, b: object, D: object, rounds: int, mode: str, precision: str,
@@ -65,11 +71,11 @@ def check_route_args(r: object, W: object, b: object, D: object, rounds: int, mo
         if t.device != r.device:
             raise ValueError(f"{name}: expected the device of r ({r.device}), got {t.device}")
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-        raise ValueError(f"rounds: expected an integer >= 1, got {rounds!r}")
+        raise ValueError(f"rounds: expected an integer >= 1, got {short(rounds)}")
     if mode not in MODES:
-        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        raise ValueError(f"mode: expected one of {MODES}, got {short(mode)}")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {short(precision)}")
     check_scalars(**scalars)
     check_index_limits(r, W)
     if check_finite_values:

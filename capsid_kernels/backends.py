@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from . import _ext
+from ._validate import short
 
 OPS = ("squash", "route", "tokenize")
 BACKENDS = ("eager", "triton", "cuda")
@@ -57,11 +58,11 @@ def supports(op: str, backend: str) -> Callable[[SupportCheck], SupportCheck]:
 def unsupported_reason(op: str, backend: str, device_type: str, dtype: torch.dtype) -> Optional[str]:
     """None when ``backend`` can run ``op`` on such inputs, else a sentence saying why not."""
     if op not in OPS:
-        raise ValueError(f"op: expected one of {OPS}, got {op!r}")
+        raise ValueError(f"op: expected one of {OPS}, got {short(op)}")
     if backend == "eager":
         return None
     if backend not in BACKENDS:
-        raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {short(backend)}")
     check = _CHECKS.get((op, backend))
     if check is None:
         kind = "Triton kernel" if backend == "triton" else "CUDA C++ kernel"
@@ -79,7 +80,7 @@ def select(op: str, requested: str, device_type: str, dtype: torch.dtype) -> str
         return "eager"
     reason = unsupported_reason(op, requested, device_type, dtype)
     if reason is not None:
-        raise BackendUnavailable(f"backend={requested!r} cannot run op '{op}': {reason}")
+        raise BackendUnavailable(f"backend={short(requested)} cannot run op '{op}': {reason}")
     return requested
 
 

@@ -8,7 +8,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Union
 
-from ._validate import MODES, PRECISIONS
+from ._validate import MODES, PRECISIONS, short
 
 
 @dataclass(frozen=True)
@@ -47,26 +47,28 @@ class CapsIDConfig:
         for name in ("d", "capsule_dim", "rounds", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+                raise ValueError(f"{name}: expected an integer >= 1, got {short(value)}")
         if not isinstance(self.capsules, (int, tuple, list)) or isinstance(self.capsules, bool):
-            raise ValueError(f"capsules: expected an int >= 1 or {self.max_length} ints >= 1, got {self.capsules!r}")
+            raise ValueError(f"capsules: expected an int >= 1 or {self.max_length} ints >= 1, got {short(self.capsules)}")
         ks = self.capsules_per_depth
         if len(ks) != self.max_length or any((not isinstance(k, int)) or isinstance(k, bool) or k < 1 for k in ks):
             raise ValueError(
-                f"capsules: expected an int >= 1 or {self.max_length} ints >= 1 (one per depth), got {self.capsules!r}"
+                f"capsules: expected an int >= 1 or {self.max_length} ints >= 1 (one per depth), got {short(self.capsules)}"
             )
         for name in ("tau", "eps", "eta"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+                raise ValueError(f"{name}: expected a finite number, got {short(value)}")
         if self.eta <= 0:
-            raise ValueError(f"eta: expected a residual step > 0, got {self.eta!r}")
+            raise ValueError(f"eta: expected a residual step > 0, got {short(self.eta)}")
         if self.mode not in MODES:
-            raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
+            raise ValueError(f"mode: expected one of {MODES}, got {short(self.mode)}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
+            raise ValueError(f"precision: expected one of {PRECISIONS}, got {short(self.precision)}")
         if not isinstance(self.check_inputs, bool):
-            raise ValueError(f"check_inputs: expected a bool, got {self.check_inputs!r}")
+            raise ValueError(f"check_inputs: expected a bool, got {short(self.check_inputs)}")
+        if self.backend not in ("auto", "eager", "triton", "cuda"):
+            raise ValueError(f"backend: expected 'auto', 'eager', 'triton' or 'cuda', got {short(self.backend)}")
 
     @property
     def capsules_per_depth(self) -> tuple[int, ...]:
@@ -78,7 +80,7 @@ class CapsIDConfig:
     def preset(cls, name: str, **overrides) -> "CapsIDConfig":
         """A named preset (``PRESETS``) with field overrides."""
         if name not in PRESETS:
-            raise ValueError(f"name: expected one of {sorted(PRESETS)}, got {name!r}")
+            raise ValueError(f"name: expected one of {sorted(PRESETS)}, got {short(name)}")
         return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict:

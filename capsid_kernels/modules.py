@@ -88,6 +88,10 @@ class CapsIDTokenizer(nn.Module):
         )
 
     def tokenize(self, x: Tensor, *, need_weights: bool = False) -> StackOutput:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor [N, d={self.config.d}], got {type(x).__name__}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"x: expected a floating dtype (float32, bfloat16, float64), got {x.dtype}")
         if x.dim() != 2 or x.shape[-1] != self.config.d:
             raise ValueError(f"x: expected shape [N, d={self.config.d}], got {tuple(x.shape)}")
         c = self.config

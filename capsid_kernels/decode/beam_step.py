@@ -18,6 +18,7 @@ from .. import _ext
 from ..backends import select
 from .beam_step_torch import beam_step_torch
 from .trie import Trie
+from .._validate import short
 
 MAX_CUDA_BEAMS = 128
 AUTO_RULE = (f"beam_step: the cuda step takes at most {MAX_CUDA_BEAMS} beams; 'auto' runs a wider beam on eager "
@@ -59,11 +60,13 @@ def check_step_args(logits: Tensor, node: Tensor, score: Tensor, finished: Tenso
     for name, t in (("logits", logits), ("node", node), ("score", score), ("finished", finished)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if not isinstance(trie, Trie):
+        raise TypeError(f"trie: expected a capsid_kernels Trie (build_trie or Trie.load), got {type(trie).__name__}")
     if logits.dim() != 2:
         raise ValueError(f"logits: expected [Q*B, V], got shape {tuple(logits.shape)}")
     rows, vocab = logits.shape
     if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1 or rows % num_beams:
-        raise ValueError(f"num_beams: expected an integer >= 1 that divides the {rows} logit rows, got {num_beams!r}")
+        raise ValueError(f"num_beams: expected an integer >= 1 that divides the {rows} logit rows, got {short(num_beams)}")
     if vocab != trie.vocab_size:
         raise ValueError(f"logits: expected V = trie.vocab_size = {trie.vocab_size} columns, got V = {vocab}")
     if not logits.dtype.is_floating_point:

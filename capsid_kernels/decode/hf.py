@@ -28,6 +28,7 @@ from typing import Optional
 
 from .layout import TokenLayout
 from .trie import BOS, EOS, PAD, Trie
+from .._validate import short
 
 
 def trie_nodes(trie: Trie, generated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -102,7 +103,7 @@ class TrieLogitsProcessor:
         if not isinstance(trie, Trie):
             raise TypeError(f"trie: expected a capsid_kernels Trie, got {type(trie).__name__}")
         if not isinstance(prefix_len, int) or isinstance(prefix_len, bool) or prefix_len < 0:
-            raise ValueError(f"prefix_len: expected an integer >= 0, got {prefix_len!r}")
+            raise ValueError(f"prefix_len: expected an integer >= 0, got {short(prefix_len)}")
         if layout is not None and not isinstance(layout, TokenLayout):
             raise TypeError(f"layout: expected None or a TokenLayout, got {type(layout).__name__}")
         layout = layout or TokenLayout()
@@ -145,7 +146,10 @@ class TrieLogitsProcessor:
             self._maps[key] = (self.layout.to_trie(trie.vocab_size, scores.shape[1], scores.device), to_caller,
                                keep.nonzero().squeeze(1))
         to_trie, to_caller, cols = self._maps[key]
-        node, finished, valid = trie_nodes(trie, to_trie[generated.long()])  # text tokens (-1) end the row
+        g = generated.long()
+        inside = (g >= 0) & (g < to_trie.numel())  # an id outside the model's vocabulary is no trie token
+        mapped = torch.where(inside, to_trie[g.clamp(0, to_trie.numel() - 1)], torch.full_like(g, -1))
+        node, finished, valid = trie_nodes(trie, mapped)  # text tokens (-1) end the row
         inner = allowed_scores(trie, node, finished, valid, scores.index_select(1, to_caller))
         out = torch.full_like(scores, float("-inf"))
         out[:, to_caller[cols]] = inner[:, cols]

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .trie import BOS, EOS, FIRST_CODE, PAD
+from .._validate import short
 
 
 def _is_int(v) -> bool:
@@ -45,9 +46,9 @@ class TokenLayout:
         for name in ("pad", "bos", "eos", "first_code"):
             v = getattr(self, name)
             if not _is_int(v) or v < 0:
-                raise ValueError(f"TokenLayout.{name}: expected an integer >= 0, got {v!r}")
+                raise ValueError(f"TokenLayout.{name}: expected an integer >= 0, got {short(v)}")
         if self.num_codes is not None and (not _is_int(self.num_codes) or self.num_codes < 1):
-            raise ValueError(f"TokenLayout.num_codes: expected None or an integer >= 1, got {self.num_codes!r}")
+            raise ValueError(f"TokenLayout.num_codes: expected None or an integer >= 1, got {short(self.num_codes)}")
         if self.eos in (self.pad, self.bos):
             raise ValueError(f"TokenLayout.eos: expected an id other than pad ({self.pad}) and bos ({self.bos}), "
                              f"got {self.eos}")

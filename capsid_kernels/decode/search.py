@@ -18,6 +18,7 @@ from torch import Tensor
 from .beam_step import beam_step
 from .layout import TokenLayout
 from .trie import BOS, Trie
+from .._validate import short
 
 
 @dataclass
@@ -141,13 +142,13 @@ def check_search_args(trie: Trie, num_beams: int, num_queries: int, top_k: Optio
     if not isinstance(trie, Trie):
         raise TypeError(f"trie: expected a capsid_kernels Trie, got {type(trie).__name__}")
     if not _is_int(num_beams) or num_beams < 1:
-        raise ValueError(f"num_beams: expected an integer >= 1, got {num_beams!r}")
+        raise ValueError(f"num_beams: expected an integer >= 1, got {short(num_beams)}")
     if not _is_int(num_queries) or num_queries < 1:
-        raise ValueError(f"num_queries: expected an integer >= 1, got {num_queries!r}")
+        raise ValueError(f"num_queries: expected an integer >= 1, got {short(num_queries)}")
     # top_k may exceed num_beams * (largest leaf): the slots that can never be filled are -1 by
     # contract (SearchResult), which callers evaluating at a fixed cutoff rely on.
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
-        raise ValueError(f"top_k: expected None or an integer >= 1, got {top_k!r}")
+        raise ValueError(f"top_k: expected None or an integer >= 1, got {short(top_k)}")
     if device is not None and not _same_device(torch.device(device), trie.device):
         raise ValueError(f"device: expected the trie's device ({trie.device}), got {torch.device(device)}; "
                          f"use trie.to({str(device)!r})")

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ._atomic import write_atomic
+from .._validate import short
 
 PAD, BOS, EOS = 0, 1, 2
 FIRST_CODE = 3
@@ -176,7 +177,7 @@ class Trie:
                                 f"got {got}")
         for key in ("vocab_size", "max_len", "max_fanout"):
             if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool) or meta[key] < 0:
-                raise TrieError(f"{path}: meta {key}: expected an integer >= 0, got {meta.get(key)!r}")
+                raise TrieError(f"{path}: meta {key}: expected an integer >= 0, got {short(meta.get(key))}")
         trie = cls(**{k: payload[k] for k in _TENSORS}, **_meta_fields(meta))
         try:
             validate_trie(trie)
@@ -223,7 +224,7 @@ def paths_to_tensor(paths: Sequence[Sequence[int]]) -> Tensor:
     for i, p in enumerate(paths):
         bad = next((t for t in p if isinstance(t, bool) or not hasattr(t, "__index__")), None)  # ints, numpy ints
         if bad is not None:
-            raise TrieError(f"paths: item row {i} holds {bad!r} ({type(bad).__name__}); expected integer token ids")
+            raise TrieError(f"paths: item row {i} holds {short(bad)} ({type(bad).__name__}); expected integer token ids")
         if len(p):
             out[i, : len(p)] = torch.as_tensor([int(t) for t in p], dtype=torch.int64)
     return out
@@ -287,7 +288,7 @@ def build_trie(paths: PathsLike, vocab_size: int, *, item_ids: Optional[Tensor] 
     if paths.dtype.is_floating_point or paths.dtype == torch.bool:
         raise TrieError(f"paths: expected an integer tensor, got {paths.dtype}")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise TrieError(f"vocab_size: expected an integer, got {vocab_size!r} ({type(vocab_size).__name__})")
+        raise TrieError(f"vocab_size: expected an integer, got {short(vocab_size)} ({type(vocab_size).__name__})")
     if not FIRST_CODE < vocab_size < 2**31:
         raise TrieError(f"vocab_size: expected {FIRST_CODE} < vocab_size < 2**31, got {vocab_size}")
     device = torch.device(device) if device is not None else paths.device

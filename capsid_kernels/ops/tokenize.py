@@ -18,6 +18,7 @@ from ..reference.stack import concat_outputs
 from ..backends import select
 from ..triton.support import shape_reason
 from .route import route
+from .._validate import short
 
 
 def tokenize(
@@ -42,8 +43,10 @@ def tokenize(
     that check, which costs one device synchronisation). ``batch_size`` bounds memory by
     tokenizing that many items at a time; ``progress(n)`` is called after each chunk of n items.
     """
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size: expected None or an integer >= 1, got {batch_size!r}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor [N, d], got {type(x).__name__}")
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size: expected None or an integer >= 1, got {short(batch_size)}")
     if check_inputs:
         check_item_vectors(x)  # once, so an error names the item's index in x, not in a chunk
     if _fast_stack(x, layers, rounds, backend):

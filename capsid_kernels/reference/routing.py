@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .squash import compute_dtype, squash
+from .._validate import short
 
 # Stop reasons (SPEC §3). CONTINUE means the item goes on to the next depth.
 CONTINUE, STOP_CONF, STOP_RESID, STOP_CAP = 0, 1, 2, 3
@@ -70,7 +71,7 @@ def route_reference(
     Differentiable in r, W, b and D; the token and stop reason are not.
     """
     if mode not in ("soft", "hard"):
-        raise ValueError(f"mode: expected 'soft' or 'hard', got {mode!r}")
+        raise ValueError(f"mode: expected 'soft' or 'hard', got {short(mode)}")
     if rounds < 1:
         raise ValueError(f"rounds: expected an integer >= 1, got {rounds}")
     cd = compute_dtype(r.dtype)

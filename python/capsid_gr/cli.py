@@ -67,13 +67,10 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     names = parse_tokenizers(args.tokenizer)
-    from .atomic import writable_folder
-    writable_folder(args.out, "--out")
-    data = _load_data(args)
-    print(f"data: {data.name}: {data.n_items} items, {data.n_users} users, {data.n_interactions} interactions")
-    vectors, info = _vectors(args, data, device)
-    print(f"item vectors: {vectors.shape} from {'+'.join(info.get('config', {}).get('sources', info.get('sources', [])))}"
-          f" ({'cache hit' if info.get('cached') else 'built'})")
+    # every setting is checked here, before the data is read or any vector built
+    import capsid_kernels as ck
+    ck.CapsIDConfig(d=1, capsules=args.capsules, capsule_dim=args.capsule_dim, max_length=args.max_length,
+                    backend=args.backend)
     bpe = SemanticBPEConfig(alpha=args.bpe_alpha, n_min=args.bpe_n_min, theta_end=args.bpe_theta_end,
                             max_merges=args.max_merges)
     from .stage1.init import InitConfig
@@ -82,6 +79,16 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         InitConfig(sharpness=tuple(args.init_sharpness)) if args.init_sharpness else InitConfig())
     stage1 = Stage1Config(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
                           lr=args.lr, seed=args.seed, bpe=bpe, init=init)
+    from .atomic import writable_folder
+    writable_folder(args.out, "--out")
+    if args.json:
+        from pathlib import Path
+        writable_folder(Path(args.json).parent, "--json")
+    data = _load_data(args)
+    print(f"data: {data.name}: {data.n_items} items, {data.n_users} users, {data.n_interactions} interactions")
+    vectors, info = _vectors(args, data, device)
+    print(f"item vectors: {vectors.shape} from {'+'.join(info.get('config', {}).get('sources', info.get('sources', [])))}"
+          f" ({'cache hit' if info.get('cached') else 'built'})")
     settings = TokenizeSettings(
         tokenizers=names, capsules=args.capsules, capsule_dim=args.capsule_dim, max_length=args.max_length,
         backend=args.backend, stage1=stage1, rq_levels=args.rq_levels, seed=args.seed, device=str(device),

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from .report import format_diagnostics
     from .vectors import load_vector_file
 
+    ck.CapsIDConfig.preset(args.preset, d=1, mode=args.mode, backend=args.backend)  # names checked before any work
     if args.json:
         from pathlib import Path
 

@@ -512,6 +512,25 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     return p
 
 
+def check_flags(args) -> None:
+    """The numeric flags, before any work: a ValueError naming the flag, what was expected and what came."""
+    def at_least(flag: str, values, lo: int) -> None:
+        for v in values:
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"{flag}: expected integers >= {lo}, got {v!r}")
+
+    at_least("--beams", [args.beams], 1)
+    at_least("--ks", args.ks, 1)
+    at_least("--seeds", args.seeds, 0)
+    if args.stage2_epochs is not None:
+        at_least("--stage2-epochs", [args.stage2_epochs], 1)
+    if args.threads is not None:
+        at_least("--threads", [args.threads], 1)
+    if max(args.ks) > args.beams:
+        raise ValueError(f"--ks: expected cut-offs <= --beams {args.beams} (the beam returns that many items), "
+                         f"got {max(args.ks)}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     return run(args)
@@ -525,6 +544,7 @@ def run(args) -> int:
         torch.set_num_threads(threads)
     device = _device(args.device)
     preset_settings(args)  # unknown --set fields fail here, before any work
+    check_flags(args)
     writable_folder(args.out, "--out")
     start = time.perf_counter()
     data = load_data(args)

@@ -57,6 +57,9 @@ def load_amazon(
     each is listed as (line, reason) in the result's `skipped_lines`, and one warning gives
     the count. A repeated user keeps its first line. Metadata files still fail on any fault.
     """
+    if not isinstance(min_items, int) or isinstance(min_items, bool) or min_items < 3:
+        raise ValueError(f"min_items: expected an integer >= 3 (leave-one-out needs a training, a validation "
+                         f"and a test item), got {_short(min_items)}")
     if directory is None:
         directory = default_beauty_dir()
         if directory is None:
