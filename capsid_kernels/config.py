@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from ._validate import MODES, PRECISIONS, short
+from .backends import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ class CapsIDConfig:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {short(self.precision)}")
         if not isinstance(self.check_inputs, bool):
             raise ValueError(f"check_inputs: expected a bool, got {short(self.check_inputs)}")
-        if self.backend not in ("auto", "eager", "triton", "cuda"):
-            raise ValueError(f"backend: expected 'auto', 'eager', 'triton' or 'cuda', got {short(self.backend)}")
+        if self.backend != "auto" and self.backend not in BACKENDS:
+            raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {short(self.backend)}")
 
     @property
     def capsules_per_depth(self) -> tuple[int, ...]:

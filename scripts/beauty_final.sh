@@ -3,6 +3,8 @@
 #   bash scripts/beauty_final.sh A   # Markov anchors, SASRec x3, RQ-KMeans x3, GAOQ x3 (10 processes)
 #   bash scripts/beauty_final.sh B   # RQ-VAE x3, CAPSID x3, and 4 seed-0 learning-rate probes (10 processes)
 #   bash scripts/beauty_final.sh S   # one call for all: anchors, SASRec/RQ-KMeans x3, GAOQ/RQ-VAE/CAPSID seed 0, 3 probes
+#   bash scripts/beauty_final.sh Q   # 8 seed-0 probes (encoder-decoder lr, batch, dropout, depth, width; SASRec
+#                                    # epochs, width) with the GPU tests built and run beside them
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # Vectors: .data/beauty_vectors_content_cooc.npy (capsid vectors --data DIR --sources content,cooc --save ...).
@@ -20,6 +22,14 @@ case "${1:-A}" in
      bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 1" "@sasrec 2" \
        "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" "gaoq 0" "rqvae 0" "capsid 0" \
        "rqkmeans 0 --set encdec.item_ids=true" "rqkmeans 0 --set fit.lr=2e-3" "@sasrec 0 --set fit.epochs=200" ;;
+  Q) (SKIP_FULL=1 MAX_JOBS=6 OUT=${OUT:-gpu-logs}/gpu_check timeout 560 bash scripts/gpu_check.sh > /dev/null 2>&1) &
+     bash scripts/beauty_job.sh "rqkmeans 0" "rqkmeans 0 --set fit.lr=2e-3" \
+       "rqkmeans 0 --set fit.batch_size=512 --set fit.lr=2e-3" "rqkmeans 0 --set encdec.dropout=0.1" \
+       "rqkmeans 0 --set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024" \
+       "rqkmeans 0 --set encdec.hidden=256 --set encdec.ffn=1024" \
+       "@sasrec 0 --set fit.epochs=200 --set fit.patience=40" \
+       "@sasrec 0 --set fit.epochs=200 --set fit.patience=40 --set sasrec.hidden=128 --set sasrec.ffn=512"
+     wait ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
        "rqkmeans 0 --set fit.lr=2e-3" "rqkmeans 0 --set fit.epochs=120" \

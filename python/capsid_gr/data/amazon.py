@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import short as _short  # values from a file are elided too (a bad token may be huge)
 from .dataset import DataError, SequenceDataset
 
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")  # one category in RecBole's token_seq field
@@ -242,12 +243,6 @@ class _Where:
 
     def __str__(self) -> str:
         return f"{self.path}:{_line_of_key(self.text, self.key)}"
-
-
-def _short(value: object, limit: int = 40) -> str:
-    """repr of a value from a file, elided past `limit` characters (a bad token may be huge)."""
-    r = repr(value)
-    return r if len(r) <= limit else f"{r[: limit - 12]}...({len(r)} chars)"
 
 
 class _DuplicateKey(Exception):
