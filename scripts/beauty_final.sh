@@ -5,6 +5,8 @@
 #   bash scripts/beauty_final.sh S   # one call for all: anchors, SASRec/RQ-KMeans x3, GAOQ/RQ-VAE/CAPSID seed 0, 3 probes
 #   bash scripts/beauty_final.sh Q   # 8 seed-0 probes (encoder-decoder lr, batch, dropout, depth, width; SASRec
 #                                    # epochs, width) with the GPU tests built and run beside them
+#   bash scripts/beauty_final.sh R   # one call for issue 16's rows: anchors, SASRec x3 (200 epochs), RQ-KMeans x3 at
+#                                    # batch 512 / lr 2e-3, the preset's seed 0 as control, one dropout probe, GPU tests
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # Vectors: .data/beauty_vectors_content_cooc.npy (capsid vectors --data DIR --sources content,cooc --save ...).
@@ -29,6 +31,11 @@ case "${1:-A}" in
        "rqkmeans 0 --set encdec.hidden=256 --set encdec.ffn=1024" \
        "@sasrec 0 --set fit.epochs=200 --set fit.patience=40" \
        "@sasrec 0 --set fit.epochs=200 --set fit.patience=40 --set sasrec.hidden=128 --set sasrec.ffn=512"
+     wait ;;
+  R) (SKIP_FULL=1 MAX_JOBS=6 OUT=${OUT:-gpu-logs}/gpu_check timeout 560 bash scripts/gpu_check.sh > /dev/null 2>&1) &
+     S="--set fit.epochs=200 --set fit.patience=40"; B="--set fit.batch_size=512 --set fit.lr=2e-3"
+     bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0 $S" "@sasrec 1 $S" "@sasrec 2 $S" \
+       "rqkmeans 0 $B" "rqkmeans 1 $B" "rqkmeans 2 $B" "rqkmeans 0" "rqkmeans 0 $B --set encdec.dropout=0.1"
      wait ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
