@@ -34,8 +34,11 @@ case "${1:-A}" in
      wait ;;
   R) (SKIP_FULL=1 MAX_JOBS=6 OUT=${OUT:-gpu-logs}/gpu_check timeout 560 bash scripts/gpu_check.sh > /dev/null 2>&1) &
      S="--set fit.epochs=200 --set fit.patience=40"; B="--set fit.batch_size=512 --set fit.lr=2e-3"
-     bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0 $S" "@sasrec 1 $S" "@sasrec 2 $S" \
-       "rqkmeans 0 $B" "rqkmeans 1 $B" "rqkmeans 2 $B" "rqkmeans 0" "rqkmeans 0 $B --set encdec.dropout=0.1"
+     O=${OUT:-gpu-logs}  # three folders so each group's seeds share one tag (beauty_table.py groups by tag)
+     OUT=$O/anchors EXTRA="$S" bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 1" "@sasrec 2" &
+     OUT=$O/big_batch EXTRA="$B" bash scripts/beauty_job.sh "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" \
+       "rqkmeans 0 --set encdec.dropout=0.1" &
+     OUT=$O/preset bash scripts/beauty_job.sh "rqkmeans 0" &
      wait ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
