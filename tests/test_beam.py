@@ -333,7 +333,9 @@ def test_hf_t5_adapter_matches_beam_search():
 
 @pytest.mark.gpu
 def test_wide_beam_auto_warns_and_cuda_refuses():
-    import capsid_kernels.decode.beam_step as bs
+    import importlib
+
+    bs = importlib.import_module("capsid_kernels.decode.beam_step")  # the package re-exports a function by that name
 
     trie = build_trie([[3, 4, EOS], [3, EOS], [5, EOS]], V, device="cuda")
     b = bs.MAX_CUDA_BEAMS + 1

@@ -58,7 +58,7 @@ def test_hf_processor_treats_ids_outside_the_vocabulary_as_text():
     (["--backend", "fast"], "backend"), (["--max-length", "0"], "max_length"),
 ])
 def test_tokenize_settings_are_checked_before_the_data_is_read(tmp_path, capsys, flags, field):
-    from capsid.cli import main
+    from capsid_gr.cli import main
 
     missing = tmp_path / "no-such-data"  # reading it would fail with another message
     assert main(["tokenize", "--data", str(missing), "--out", str(tmp_path / "o"), "--quiet", *flags]) == 2
@@ -71,7 +71,7 @@ def test_tokenize_settings_are_checked_before_the_data_is_read(tmp_path, capsys,
     (["--stage2-epochs", "0"], "--stage2-epochs"),
 ])
 def test_pipeline_flags_are_checked_before_any_work(tmp_path, capsys, flags, word):
-    from capsid.cli import main
+    from capsid_gr.cli import main
 
     assert main(["pipeline", "--preset", "cpu", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
                  "--quiet", *flags]) == 2
@@ -80,7 +80,7 @@ def test_pipeline_flags_are_checked_before_any_work(tmp_path, capsys, flags, wor
 
 
 def test_encode_preset_and_backend_are_checked_before_vectors_are_drawn(capsys):
-    from capsid.cli import main
+    from capsid_gr.cli import main
 
     assert main(["encode", "--items", "10", "--preset", "huge", "--device", "cpu", "--quiet"]) == 2
     assert "name: expected one of" in capsys.readouterr().err
@@ -90,7 +90,7 @@ def test_encode_preset_and_backend_are_checked_before_vectors_are_drawn(capsys):
 
 @pytest.mark.parametrize("bad", [0, 2, True, 3.0])
 def test_load_amazon_refuses_min_items_leave_one_out_cannot_split(tmp_path, bad):
-    from capsid.data import load_amazon
+    from capsid_gr.data import load_amazon
 
     (tmp_path / "Beauty.txt").write_text("1 1 2 3\n2 2 3 1\n")
     with pytest.raises(ValueError, match="min_items: expected an integer >= 3"):
