@@ -132,3 +132,21 @@ def test_pipeline_runs_anchors_and_the_encoder_decoder_in_one_table(tmp_path, mo
         assert r["head_queries"] + r["torso_queries"] + r["tail_queries"] == r["queries"]
     assert (folder / "rqkmeans" / "seed0" / "fit.safetensors").is_file()
     assert (folder / "sasrec" / "seed0" / "fit_log.jsonl").read_text().count("\n") == 3
+
+
+def test_sasrec_fit_sits_on_top_of_fit_for_the_sasrec_anchor_only():
+    import argparse
+
+    from capsid_gr.pipeline import _fit_overrides, preset_settings
+
+    args = argparse.Namespace(preset="gpu", set=[("fit", "lr", 3e-3), ("sasrec_fit", "epochs", 7)],
+                              stage2_epochs=None)
+    p = preset_settings(args)
+    enc, sas = _fit_overrides(p, args), _fit_overrides(p, args, sasrec=True)
+    assert enc["lr"] == 3e-3 and enc["epochs"] == p["fit"]["epochs"] != 7
+    assert sas["epochs"] == 7 and sas["lr"] == p["sasrec_fit"]["lr"] != 3e-3
+    assert sas["eval_every"] == p["fit"]["eval_every"]  # what sasrec_fit leaves out comes from fit
+    args.stage2_epochs = 5  # the command-line budget wins over both
+    assert _fit_overrides(p, args)["epochs"] == 5 == _fit_overrides(p, args, sasrec=True)["epochs"]
+    with pytest.raises(ValueError, match=r"--set sasrec_fit\.\*: .*FitConfig.patience"):
+        preset_settings(argparse.Namespace(preset="gpu", set=[("sasrec_fit", "patience", 0)]))
