@@ -7,6 +7,8 @@
 #                                    # epochs, width) with the GPU tests built and run beside them
 #   bash scripts/beauty_final.sh R   # one call for issue 16's rows: anchors, SASRec x3 (200 epochs), RQ-KMeans x3 at
 #                                    # batch 512 / lr 2e-3, the preset's seed 0 as control, one dropout probe, GPU tests
+#   FIT_SECONDS=290 JOB_TIMEOUT=350 bash scripts/beauty_final.sh E   # the gpu preset's RQ-KMeans x3 at 120 epochs,
+#                                    # a 4 + 4-layer seed 0, and the wide-beam GPU test (4 runs; the budget's last call)
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # Vectors: .data/beauty_vectors_content_cooc.npy (capsid vectors --data DIR --sources content,cooc --save ...).
@@ -39,6 +41,10 @@ case "${1:-A}" in
      OUT=$O/big_batch EXTRA="$B" bash scripts/beauty_job.sh "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" \
        "rqkmeans 0 --set encdec.dropout=0.1" &
      OUT=$O/preset bash scripts/beauty_job.sh "rqkmeans 0" &
+     wait ;;
+  E) (SKIP_FULL=1 MAX_JOBS=8 OUT=${OUT:-gpu-logs}/gpu_check timeout 340 bash scripts/gpu_check.sh wide_beam > /dev/null 2>&1) &
+     OUT=${OUT:-gpu-logs}/e120 EXTRA="--set fit.epochs=120" bash scripts/beauty_job.sh "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" \
+       "rqkmeans 0 --set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024"
      wait ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
