@@ -69,8 +69,10 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     names = parse_tokenizers(args.tokenizer)
     # every setting is checked here, before the data is read or any vector built
     import capsid_kernels as ck
+    from .routing_flags import routing_overrides
+    routing = routing_overrides(args)
     ck.CapsIDConfig(d=1, capsules=args.capsules, capsule_dim=args.capsule_dim, max_length=args.max_length,
-                    backend=args.backend)
+                    backend=args.backend, **routing)
     bpe = SemanticBPEConfig(alpha=args.bpe_alpha, n_min=args.bpe_n_min, theta_end=args.bpe_theta_end,
                             max_merges=args.max_merges)
     from .stage1.init import InitConfig
@@ -93,6 +95,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         tokenizers=names, capsules=args.capsules, capsule_dim=args.capsule_dim, max_length=args.max_length,
         backend=args.backend, stage1=stage1, rq_levels=args.rq_levels, seed=args.seed, device=str(device),
         resume=not args.no_resume, show_progress=not args.quiet, hamr=args.hamr, threads=args.threads,
+        routing=routing,
     )
     print(f"tokenizers: {', '.join(names)}{' (+ HaMR)' if args.hamr else ''}; K={args.capsules}, d_c={args.capsule_dim}, L_max={args.max_length}, "
           f"Stage 1 <= {args.epochs} epochs (patience {args.patience}) on {device}; output in {args.out}")
@@ -181,6 +184,8 @@ def _tokenize_args(p: argparse.ArgumentParser, *, epochs: int, capsules: int, ou
     p.add_argument("--capsule-dim", type=int, default=64)
     p.add_argument("--max-length", type=int, default=6, help="L_max")
     p.add_argument("--backend", default="auto", help="capsid_kernels backend: auto, eager, triton or cuda")
+    from .routing_flags import add_routing_arguments
+    add_routing_arguments(p)
     p.add_argument("--rq-levels", type=int, default=3, help="RQ-KMeans/RQ-VAE levels (3 or 4)")
     p.add_argument("--bpe-alpha", type=float, default=0.6, help="Eq. 9 alpha (1.0 = frequency only)")
     p.add_argument("--bpe-n-min", type=int, default=20)

@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="default", help="tokenizer preset: default or industrial")
     p.add_argument("--mode", default="soft", choices=("soft", "hard"))
+    from .routing_flags import add_routing_arguments
+    add_routing_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float64"))
     p.add_argument("--backend", default="auto", help="auto, eager, triton or cuda")
@@ -47,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from .report import format_diagnostics
     from .vectors import load_vector_file
 
-    ck.CapsIDConfig.preset(args.preset, d=1, mode=args.mode, backend=args.backend)  # names checked before any work
+    from .routing_flags import routing_overrides
+    routing = routing_overrides(args)
+    ck.CapsIDConfig.preset(args.preset, d=1, mode=args.mode, backend=args.backend, **routing)  # checked before any work
     if args.json:
         from pathlib import Path
 
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         x = synthetic_item_vectors(args.items, seed=args.seed, device=device)
         source = f"{args.items} synthetic vectors (seed {args.seed})"
-    config = ck.CapsIDConfig.preset(args.preset, d=x.shape[1], mode=args.mode, backend=args.backend)
+    config = ck.CapsIDConfig.preset(args.preset, d=x.shape[1], mode=args.mode, backend=args.backend, **routing)
     tokenizer = ck.CapsIDTokenizer(config, seed=args.seed).to(device=device, dtype=dtype)
     print(f"encoding {x.shape[0]} items of dimension {x.shape[1]} from {source}; preset {args.preset}, "
           f"{dtype} on {device}, tokenizer freshly initialised (seed {args.seed})")

@@ -56,6 +56,7 @@ class TokenizeSettings:
     show_progress: bool = True
     hamr: bool = False  # `--hamr`: add HaMR to every CAPSID variant's Stage 1 and to RQ-VAE
     threads: Optional[int] = None  # torch CPU threads for RQ-VAE (None: 1, faster for its tiny ops)
+    routing: dict = dataclasses.field(default_factory=dict)  # --rounds/--tau/--eps/--eta given on the command line
 
 
 def _write_json(path: Path, obj) -> None:
@@ -75,7 +76,7 @@ def _jsonable(o):
 def run_capsid(name: str, x: torch.Tensor, weights: np.ndarray, s: TokenizeSettings, out: Path) -> dict:
     tok_over, st_over, bpe_over = capsid_variant(name)
     tok_cfg = ck.CapsIDConfig(**{"d": x.shape[1], "capsules": s.capsules, "capsule_dim": s.capsule_dim,
-                                 "max_length": s.max_length, "backend": s.backend, **tok_over})
+                                 "max_length": s.max_length, "backend": s.backend, **s.routing, **tok_over})
     bpe_cfg = dataclasses.replace(s.stage1.bpe, **bpe_over)
     st_cfg = dataclasses.replace(s.stage1, **{"bpe": bpe_cfg, "seed": s.seed, **st_over})
     if s.hamr and st_cfg.hamr is None:
