@@ -87,6 +87,15 @@ class CapsIDConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict:
+        """The fields that decide what is computed: `to_dict` less the execution options
+        (`EXECUTION`: backend, precision, check_inputs), which a resumed run may change."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION}
+
+
+EXECUTION = ("backend", "precision", "check_inputs")
+"""CapsIDConfig fields that choose how the routing runs, not what it computes (to within the
+backends' measured tolerances): not part of any checkpoint identity."""
 
 PRESETS: dict[str, dict] = {
     "default": {},

@@ -155,3 +155,30 @@ def test_tokenize_items_matches_module():
         a, b = tokenize_items(tok, x, batch_size=50), tok.tokenize(x)
     assert torch.equal(a.sids, b.sids)
     assert np.isfinite(a.recon.numpy()).all()
+
+
+def test_resume_accepts_another_backend_and_refuses_other_routing(tmp_path):
+    import dataclasses
+
+    import capsid_kernels as ck
+    from capsid_gr.stage1.train import _tokenizer_identity
+
+    _, x, w = _synthetic()
+    tok = _small_tokenizer()
+    res1 = train_stage1(tok, x, w, Stage1Config(epochs=1, batch_size=128), out_dir=tmp_path / "a",
+                        show_progress=False)
+    assert len(res1.history) == 1
+    # same routing, other execution options: the run resumes after epoch 0 (no refusal, one new epoch)
+    c = dataclasses.replace(tok.config, backend="eager", check_inputs=not tok.config.check_inputs)
+    meta_cfg = Stage1Config(epochs=1, batch_size=128)
+    res = train_stage1(ck.CapsIDTokenizer(c, seed=5), x, w, meta_cfg, out_dir=tmp_path / "a", show_progress=False)
+    assert [h["epoch"] for h in res.history] == [0]  # resumed: nothing left to train, not retrained
+    # other routing (tau): refused
+    c = dataclasses.replace(tok.config, tau=tok.config.tau / 2)
+    with pytest.raises(ValueError, match="other settings or data"):
+        train_stage1(ck.CapsIDTokenizer(c, seed=5), x, w, meta_cfg, out_dir=tmp_path / "a", show_progress=False)
+    # an old checkpoint header (every field, execution options included) compares on the identity only
+    assert _tokenizer_identity({**tok.config.to_dict(), "backend": "cuda"}, tok.config) == tok.config.identity()
+    assert _tokenizer_identity(None, tok.config) is None
+    assert set(ck.CapsIDConfig().to_dict()) - set(ck.CapsIDConfig().identity()) == {"backend", "precision",
+                                                                                      "check_inputs"}

@@ -49,6 +49,15 @@ from ..distributed.gather import gather_forward
 from ..checks import check_config
 
 
+def _tokenizer_identity(stored: Optional[dict], config) -> Optional[dict]:
+    """The stored tokenizer config restricted to `config.identity()`'s fields (None if absent): a
+    checkpoint written with another backend, precision or input check resumes; older checkpoints,
+    which stored every field, too."""
+    if not isinstance(stored, dict):
+        return None
+    return {k: stored.get(k) for k in config.identity()}
+
+
 @dataclass(frozen=True)
 class Stage1Config:
     """Stage-1 optimisation (SPEC §1): AdamW lr 1e-3, cosine, wd 1e-5, batch 256, <= 100 epochs,
@@ -208,7 +217,7 @@ def train_stage1(
         x = x.to(torch.float32)
         tensors, meta = load_checkpoint(ckpt)
         if (meta.get("config") != json.loads(json.dumps(cfg.to_dict())) or meta.get("vectors") != _digest(x)
-                or meta.get("tokenizer_config") != json.loads(json.dumps(c.to_dict()))):
+                or _tokenizer_identity(meta.get("tokenizer_config"), c) != json.loads(json.dumps(c.identity()))):
             raise ValueError(f"{ckpt}: checkpoint was written with other settings or data; "
                              "use another output directory or --no-resume")
         _load_state(tokenizer, gate, tensors, "")
