@@ -150,3 +150,17 @@ def test_sasrec_fit_sits_on_top_of_fit_for_the_sasrec_anchor_only():
     assert _fit_overrides(p, args)["epochs"] == 5 == _fit_overrides(p, args, sasrec=True)["epochs"]
     with pytest.raises(ValueError, match=r"--set sasrec_fit\.\*: .*FitConfig.patience"):
         preset_settings(argparse.Namespace(preset="gpu", set=[("sasrec_fit", "patience", 0)]))
+
+
+def test_long_values_are_elided_in_set_and_generator_messages():
+    import argparse
+
+    from capsid_gr.generator.seq import EncDecConfig
+    from capsid_gr.pipeline import parse_override
+
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        parse_override("x" * 500)
+    assert "...(502 chars)" in str(e.value) and "x" * 60 not in str(e.value)
+    with pytest.raises(ValueError) as e:
+        EncDecConfig(positions="p" * 300)
+    assert "...(302 chars)" in str(e.value) and "p" * 60 not in str(e.value)

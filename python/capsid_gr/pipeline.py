@@ -24,6 +24,7 @@ import numpy as np
 
 from .atomic import writable_folder, write_text_atomic
 from .jobs.tokenizers import ALIASES, BASELINES, DISAMBIGUATED, TOKENIZERS, canonical, capsid_variant
+from .checks import short
 
 VARIANTS = TOKENIZERS
 """The tokenizer names: capsid_gr.jobs.tokenizers' registry, the same as `capsid tokenize`'s
@@ -117,7 +118,7 @@ def parse_override(text: str) -> tuple[str, str, object]:
     sections = [k for k, v in PRESETS["cpu"].items() if isinstance(v, dict)]
     if not sep or not dot or section not in sections or not field:
         raise argparse.ArgumentTypeError(
-            f"--set {text!r}: expected SECTION.FIELD=VALUE with SECTION one of {', '.join(sections)}")
+            f"--set {short(text)}: expected SECTION.FIELD=VALUE with SECTION one of {', '.join(sections)}")
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError:
@@ -258,7 +259,7 @@ def fit_baseline(variant: str, x: np.ndarray, preset: dict, seed: int):
         out = fit_rqvae(x, RQVAEConfig(seed=seed, hamr=hamr, **preset.get("rqvae", {})))
         centres = out.centres  # latent-space codebooks; the generator projects any width
     else:
-        raise ValueError(f"not a baseline: {variant!r} (baselines: {', '.join(BASELINES)})")
+        raise ValueError(f"not a baseline: {short(variant)} (baselines: {', '.join(BASELINES)})")
     info = {"collision_rate_before_disambiguation": 1 - len(np.unique(out.codes, axis=0)) / len(x),
             "fit_seconds": time.perf_counter() - start,
             "mean_length": float((out.sids >= 0).sum(1).mean()),
@@ -387,7 +388,7 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
 def generator_kind(args) -> str:
     kind = getattr(args, "generator", None) or PRESETS[args.preset].get("generator_kind", "decoder")
     if kind not in ("encdec", "decoder"):
-        raise ValueError(f"--generator: expected 'encdec' or 'decoder', got {kind!r}")
+        raise ValueError(f"--generator: expected 'encdec' or 'decoder', got {short(kind)}")
     return kind
 
 
@@ -445,7 +446,7 @@ def run_anchor(name: str, seed: int, data, args, device) -> dict:
                 "stage2_stopped_by": res.stopped_by, "val_recall@10": res.best_val.get("recall@10"),
                 "val_ndcg@10": res.best_val.get("ndcg@10"), "sasrec": scfg.to_dict(), "fit": fcfg.to_dict()}
     else:
-        raise ValueError(f"--anchors: unknown {name!r}; choose from markov, markov1, sasrec")
+        raise ValueError(f"--anchors: unknown {short(name)}; choose from markov, markov1, sasrec")
     t1 = time.perf_counter()
     metrics = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
                        num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
@@ -525,7 +526,7 @@ def check_flags(args) -> None:
     def at_least(flag: str, values, lo: int) -> None:
         for v in values:
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{flag}: expected integers >= {lo}, got {v!r}")
+                raise ValueError(f"{flag}: expected integers >= {lo}, got {short(v)}")
 
     at_least("--beams", [args.beams], 1)
     at_least("--ks", args.ks, 1)

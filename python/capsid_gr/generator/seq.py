@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .items import BOS, EOS, FIRST_CODE, PAD, ItemTokenization
-from ..checks import check_config
+from ..checks import check_config, short
 
 IGNORE = -100
 POSITIONS = ("relative", "absolute")
@@ -43,13 +43,13 @@ def _check_sizes(cfg, names: Sequence[str]) -> None:
     for n in names:
         v = getattr(cfg, n)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{type(cfg).__name__}.{n}: expected an integer >= 1, got {v!r}")
+            raise ValueError(f"{type(cfg).__name__}.{n}: expected an integer >= 1, got {short(v)}")
     if cfg.hidden % cfg.heads:
         raise ValueError(f"{type(cfg).__name__}: hidden={cfg.hidden} must be a multiple of heads={cfg.heads}")
     if not (isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1):
-        raise ValueError(f"{type(cfg).__name__}.dropout: expected a number in [0, 1), got {cfg.dropout!r}")
+        raise ValueError(f"{type(cfg).__name__}.dropout: expected a number in [0, 1), got {short(cfg.dropout)}")
     if cfg.positions not in POSITIONS:
-        raise ValueError(f"{type(cfg).__name__}.positions: expected one of {POSITIONS}, got {cfg.positions!r}")
+        raise ValueError(f"{type(cfg).__name__}.positions: expected one of {POSITIONS}, got {short(cfg.positions)}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class EncDecConfig:
         check_config(self)
         _check_sizes(self, ("hidden", "heads", "enc_layers", "dec_layers", "ffn", "max_len"))
         if not isinstance(self.item_ids, bool):
-            raise ValueError(f"EncDecConfig.item_ids: expected a bool, got {self.item_ids!r}")
+            raise ValueError(f"EncDecConfig.item_ids: expected a bool, got {short(self.item_ids)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

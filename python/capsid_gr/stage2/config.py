@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Optional
-from ..checks import check_config
+from ..checks import check_config, short
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,9 @@ class Stage2Config:
             raise ValueError(f"Stage2Config: epochs, patience, batch_size, eval_every, num_beams, lora_rank and length_buckets "
                              f"must be >= 1, got {self}")
         if self.routing_precision not in ("exact", "tf32"):
-            raise ValueError(f"routing_precision: expected 'exact' or 'tf32', got {self.routing_precision!r}")
+            raise ValueError(f"routing_precision: expected 'exact' or 'tf32', got {short(self.routing_precision)}")
         if self.max_seconds is not None and not self.max_seconds >= 0:
-            raise ValueError(f"max_seconds: expected None or a number >= 0, got {self.max_seconds!r}")
+            raise ValueError(f"max_seconds: expected None or a number >= 0, got {short(self.max_seconds)}")
         if self.sequence_batches and self.soft_inputs:
             raise ValueError("sequence_batches=True needs soft_inputs=False: in a whole-sequence row every item is "
                              "both a history input (soft) and a target (hard)")

@@ -29,7 +29,7 @@ from ..data import Split
 from ..eval.metrics import ranking_metrics
 from ..generator.seq import window_tensors
 from .samples import bucketed_batches, training_windows, window_batch
-from ..checks import check_config
+from ..checks import check_config, short
 
 
 @dataclass(frozen=True)
@@ -66,21 +66,21 @@ class FitConfig:
                   "length_buckets"):
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"FitConfig.{n}: expected an integer >= 1, got {v!r}")
+                raise ValueError(f"FitConfig.{n}: expected an integer >= 1, got {short(v)}")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"FitConfig.warmup_steps: expected an integer >= 0, got {self.warmup_steps!r}")
+            raise ValueError(f"FitConfig.warmup_steps: expected an integer >= 0, got {short(self.warmup_steps)}")
         for n, lo, hi in (("lr", 0, math.inf), ("min_lr", 0, 1), ("weight_decay", 0, math.inf), ("beta2", 0, 1)):
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or (n == "lr" and v == 0):
                 raise ValueError(f"FitConfig.{n}: expected a number in [{lo}, {hi}]{' above 0' if n == 'lr' else ''}, "
-                                 f"got {v!r}")
+                                 f"got {short(v)}")
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
-            raise ValueError(f"FitConfig.grad_clip: expected None or a number > 0, got {self.grad_clip!r}")
+            raise ValueError(f"FitConfig.grad_clip: expected None or a number > 0, got {short(self.grad_clip)}")
         if self.val_users is not None and (isinstance(self.val_users, bool) or not isinstance(self.val_users, int)
                                            or self.val_users < 1):
-            raise ValueError(f"FitConfig.val_users: expected None or an integer >= 1, got {self.val_users!r}")
+            raise ValueError(f"FitConfig.val_users: expected None or an integer >= 1, got {short(self.val_users)}")
         if self.max_seconds is not None and not (isinstance(self.max_seconds, (int, float)) and self.max_seconds >= 0):
-            raise ValueError(f"FitConfig.max_seconds: expected None or a number >= 0, got {self.max_seconds!r}")
+            raise ValueError(f"FitConfig.max_seconds: expected None or a number >= 0, got {short(self.max_seconds)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
