@@ -3,8 +3,6 @@
 #   bash scripts/beauty_final.sh A   # Markov anchors, SASRec x3, RQ-KMeans x3, GAOQ x3 (10 processes)
 #   bash scripts/beauty_final.sh B   # RQ-VAE x3, CAPSID x3, and 4 seed-0 learning-rate probes (10 processes)
 #   bash scripts/beauty_final.sh S   # one call for all: anchors, SASRec/RQ-KMeans x3, GAOQ/RQ-VAE/CAPSID seed 0, 3 probes
-#   bash scripts/beauty_final.sh Q   # 8 seed-0 probes (encoder-decoder lr, batch, dropout, depth, width; SASRec
-#                                    # epochs, width) with the GPU tests built and run beside them
 #   bash scripts/beauty_final.sh R   # one call for issue 16's rows: anchors, SASRec x3 (200 epochs), RQ-KMeans x3 at
 #                                    # batch 512 / lr 2e-3, the preset's seed 0 as control, one dropout probe, GPU tests
 #   FIT_SECONDS=290 JOB_TIMEOUT=350 bash scripts/beauty_final.sh E   # the gpu preset's RQ-KMeans x3 at 120 epochs,
@@ -26,14 +24,6 @@ case "${1:-A}" in
      bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 1" "@sasrec 2" \
        "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" "gaoq 0" "rqvae 0" "capsid 0" \
        "rqkmeans 0 --set encdec.item_ids=true" "rqkmeans 0 --set fit.lr=2e-3" "@sasrec 0 --set fit.epochs=200" ;;
-  Q) (SKIP_FULL=1 MAX_JOBS=6 OUT=${OUT:-gpu-logs}/gpu_check timeout 560 bash scripts/gpu_check.sh > /dev/null 2>&1) &
-     bash scripts/beauty_job.sh "rqkmeans 0" "rqkmeans 0 --set fit.lr=2e-3" \
-       "rqkmeans 0 --set fit.batch_size=512 --set fit.lr=2e-3" "rqkmeans 0 --set encdec.dropout=0.1" \
-       "rqkmeans 0 --set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024" \
-       "rqkmeans 0 --set encdec.hidden=256 --set encdec.ffn=1024" \
-       "@sasrec 0 --set fit.epochs=200 --set fit.patience=40" \
-       "@sasrec 0 --set fit.epochs=200 --set fit.patience=40 --set sasrec.hidden=128 --set sasrec.ffn=512"
-     wait ;;
   R) (SKIP_FULL=1 MAX_JOBS=6 OUT=${OUT:-gpu-logs}/gpu_check timeout 560 bash scripts/gpu_check.sh > /dev/null 2>&1) &
      S="--set fit.epochs=200 --set fit.patience=40"; B="--set fit.batch_size=512 --set fit.lr=2e-3"
      O=${OUT:-gpu-logs}  # three folders so each group's seeds share one tag (beauty_table.py groups by tag)

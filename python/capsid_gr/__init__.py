@@ -7,8 +7,9 @@ trie-constrained retrieval and the `capsid` command. Its dependencies beyond tor
 
 from importlib.util import find_spec as _find_spec
 
-_MISSING = [m for m, dist in (("tqdm", "tqdm"), ("safetensors", "safetensors"), ("sklearn", "scikit-learn"),
-                              ("scipy", "scipy")) if _find_spec(m) is None]
+# import name -> distribution name (what pip installs)
+_MISSING = [dist for m, dist in (("tqdm", "tqdm"), ("safetensors", "safetensors"), ("sklearn", "scikit-learn"),
+                                 ("scipy", "scipy")) if _find_spec(m) is None]
 if _MISSING:
     raise ImportError(f"capsid_gr needs the 'gr' extra, missing: {', '.join(_MISSING)}; "
                       "install it with: pip install \"capsid-kernels[gr]\"")

@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from .routing_flags import add_routing_arguments, routing_overrides
+
 
 def _device(name: str):
     import torch
@@ -69,7 +71,6 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     names = parse_tokenizers(args.tokenizer)
     # every setting is checked here, before the data is read or any vector built
     import capsid_kernels as ck
-    from .routing_flags import routing_overrides
     routing = routing_overrides(args)
     ck.CapsIDConfig(d=1, capsules=args.capsules, capsule_dim=args.capsule_dim, max_length=args.max_length,
                     backend=args.backend, **routing)
@@ -184,7 +185,6 @@ def _tokenize_args(p: argparse.ArgumentParser, *, epochs: int, capsules: int, ou
     p.add_argument("--capsule-dim", type=int, default=64)
     p.add_argument("--max-length", type=int, default=6, help="L_max")
     p.add_argument("--backend", default="auto", help="capsid_kernels backend: auto, eager, triton or cuda")
-    from .routing_flags import add_routing_arguments
     add_routing_arguments(p)
     p.add_argument("--rq-levels", type=int, default=3, help="RQ-KMeans/RQ-VAE levels (3 or 4)")
     p.add_argument("--bpe-alpha", type=float, default=0.6, help="Eq. 9 alpha (1.0 = frequency only)")

@@ -12,6 +12,8 @@ import argparse
 import json
 import time
 
+from .routing_flags import add_routing_arguments, routing_overrides
+
 
 def _at_least_one(text: str) -> int:
     try:
@@ -29,7 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="default", help="tokenizer preset: default or industrial")
     p.add_argument("--mode", default="soft", choices=("soft", "hard"))
-    from .routing_flags import add_routing_arguments
     add_routing_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float64"))
@@ -49,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from .report import format_diagnostics
     from .vectors import load_vector_file
 
-    from .routing_flags import routing_overrides
     routing = routing_overrides(args)
     ck.CapsIDConfig.preset(args.preset, d=1, mode=args.mode, backend=args.backend, **routing)  # checked before any work
     if args.json:
