@@ -23,8 +23,8 @@ from typing import Optional
 import numpy as np
 
 from .atomic import writable_folder, write_text_atomic
-from .jobs.tokenizers import ALIASES, BASELINES, DISAMBIGUATED, TOKENIZERS, canonical, capsid_variant
 from .checks import short
+from .jobs.tokenizers import ALIASES, BASELINES, DISAMBIGUATED, TOKENIZERS, canonical, capsid_variant
 
 VARIANTS = TOKENIZERS
 """The tokenizer names: capsid_gr.jobs.tokenizers' registry, the same as `capsid tokenize`'s
