@@ -5,8 +5,8 @@
 #   bash scripts/beauty_final.sh S   # one call for all: anchors, SASRec/RQ-KMeans x3, GAOQ/RQ-VAE/CAPSID seed 0, 3 probes
 #   bash scripts/beauty_final.sh R   # one call for issue 16's rows: anchors, SASRec x3 (200 epochs), RQ-KMeans x3 at
 #                                    # batch 512 / lr 2e-3, the preset's seed 0 as control, one dropout probe, GPU tests
-#   FIT_SECONDS=290 JOB_TIMEOUT=350 bash scripts/beauty_final.sh E   # the gpu preset's RQ-KMeans x3 at 120 epochs,
-#                                    # a 4 + 4-layer seed 0, and the wide-beam GPU test (4 runs; the budget's last call)
+#   FIT_SECONDS=470 JOB_TIMEOUT=540 bash scripts/beauty_final.sh E   # RQ-KMeans x3 at 120 epochs, seed 0 with
+#                                    # 4 + 4 layers / FFN 1024 and at 200 epochs, and the GPU tests (5 runs)
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # Vectors: .data/beauty_vectors_content_cooc.npy (capsid vectors --data DIR --sources content,cooc --save ...).
@@ -32,9 +32,10 @@ case "${1:-A}" in
        "rqkmeans 0 --set encdec.dropout=0.1" &
      OUT=$O/preset bash scripts/beauty_job.sh "rqkmeans 0" &
      wait ;;
-  E) (SKIP_FULL=1 MAX_JOBS=8 OUT=${OUT:-gpu-logs}/gpu_check timeout 340 bash scripts/gpu_check.sh wide_beam > /dev/null 2>&1) &
+  E) (SKIP_FULL=1 MAX_JOBS=6 OUT=${OUT:-gpu-logs}/gpu_check timeout 500 bash scripts/gpu_check.sh > /dev/null 2>&1) &
      OUT=${OUT:-gpu-logs}/e120 EXTRA="--set fit.epochs=120" bash scripts/beauty_job.sh "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" \
-       "rqkmeans 0 --set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024"
+       "rqkmeans 0 --set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024" \
+       "rqkmeans 0 --set fit.epochs=200"
      wait ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
