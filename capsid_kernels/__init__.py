@@ -3,7 +3,7 @@
 Importing this package touches no GPU and compiles nothing; kernels load on first use.
 """
 
-from .backends import BackendUnavailable
+from .registry import BackendFallbackWarning, BackendUnavailable
 from .config import PRESETS, CapsIDConfig
 from .modules import CapsIDTokenizer, CapsuleLayer
 from .ops import route, squash, tokenize
@@ -22,7 +22,7 @@ from .reference import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailable", "CapsIDConfig", "CapsIDTokenizer", "CapsuleLayer", "PRESETS",
+    "BackendFallbackWarning", "BackendUnavailable", "CapsIDConfig", "CapsIDTokenizer", "CapsuleLayer", "PRESETS",
     "RouteOutput", "StackOutput", "CONTINUE", "STOP_CONF", "STOP_RESID", "STOP_CAP", "PAD_TOKEN",
     "codebook_centres", "route", "squash", "tokenize", "__version__",
     "SearchResult", "TokenLayout", "Trie", "TrieError", "beam_search", "beam_step", "build_trie",

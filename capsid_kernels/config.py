@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from ._validate import MODES, PRECISIONS, short
-from .backends import BACKENDS
+from .registry import BACKENDS
 
 
 @dataclass(frozen=True)

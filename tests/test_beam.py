@@ -335,17 +335,24 @@ def test_hf_t5_adapter_matches_beam_search():
 def test_wide_beam_auto_warns_and_cuda_refuses():
     import importlib
 
+    import warnings
+
+    from capsid_kernels import registry
+
     bs = importlib.import_module("capsid_kernels.decode.beam_step")  # the package re-exports a function by that name
 
     trie = build_trie([[3, 4, EOS], [3, EOS], [5, EOS]], V, device="cuda")
     b = bs.MAX_CUDA_BEAMS + 1
     beams = initial_beams(1, b, "cuda")
     logits = torch.randn(b, V, generator=torch.Generator().manual_seed(5)).cuda()
-    with pytest.raises(ValueError, match="num_beams: the cuda beam step takes at most"):
+    with pytest.raises(ValueError, match=f"num_beams={b} exceeds the CUDA kernel's limit {bs.MAX_CUDA_BEAMS}"):
         beam_step(logits, beams.node, beams.score, beams.finished, trie, b, backend="cuda")
-    bs._warned_wide = False
-    with pytest.warns(RuntimeWarning, match="above the cuda step's limit"):
+    registry.reset_fallback_warnings()
+    with pytest.warns(ck.BackendFallbackWarning, match=f"cuda: num_beams={b} exceeds the CUDA kernel's limit"):
         got = beam_step(logits, beams.node, beams.score, beams.finished, trie, b, backend="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per (op, reasons): the same wide beam again is silent
+        beam_step(logits, beams.node, beams.score, beams.finished, trie, b, backend="auto")
     ref = beam_step(logits, beams.node, beams.score, beams.finished, trie, b, backend="eager")
     for a, e in zip(got, ref):
         assert torch.equal(a, e)

@@ -53,7 +53,7 @@ def test_cuda_backend_refusals_on_cpu():
     r = unit_rows(2, 4, dtype=torch.float32)
     with pytest.raises(ck.BackendUnavailable, match="cuda backend needs CUDA tensors"):
         ck.route(r, W, b, D, backend="cuda")
-    assert "float32, bfloat16" in unsupported_reason("route", "cuda", "cuda", torch.float64)
+    assert "float32 and bfloat16" in unsupported_reason("route", "cuda", "cuda", torch.float64)
     assert "d=200" in shape_reason(200, 64, 3) and "d_c=160" in shape_reason(128, 160, 3)
     assert shape_reason(128, 96, 3) is None and shape_reason(24, 7, 1) is None
 
@@ -184,7 +184,7 @@ def test_route_cuda_refuses_large_shapes_and_auto_keeps_triton():
     r2 = unit_rows(5, 64, dtype=torch.bfloat16, device="cuda")
     assert resolve_backend("auto", r2, W2, 3) == "triton"
     assert resolve_backend("cuda", r2, W2, 3) == "cuda"
-    # The measured exception (route_cuda.AUTO_RULE): float32 industrial layers go to cuda.
+    # The measured exception (registry.AUTO_RULES): float32 industrial layers go to cuda.
     W3 = torch.randn(1024, 96, 128, device="cuda")
     r3 = unit_rows(5, 128, dtype=torch.float32, device="cuda")
     assert resolve_backend("auto", r3, W3, 3) == "cuda"

@@ -15,15 +15,12 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ..backends import select
+from ..registry import dispatch, kernel
 from .beam_step_torch import beam_step_torch
 from .trie import Trie
 from .._validate import short
 
-MAX_CUDA_BEAMS = 128
-AUTO_RULE = (f"beam_step: the cuda step takes at most {MAX_CUDA_BEAMS} beams; 'auto' runs a wider beam on eager "
-             "and warns once")
-_warned_wide = False
+MAX_CUDA_BEAMS = kernel("beam_step", "cuda").limits["num_beams"]  # 'auto' runs a wider beam on eager, warning once
 
 
 class StepOutput(NamedTuple):
@@ -129,19 +126,7 @@ def beam_step(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, tri
     trie reads out of bounds.
     """
     check_step_args(logits, node, score, finished, trie, num_beams, check_values)
-    name = select("beam_step", backend, logits.device.type, logits.dtype)
-    if name == "cuda" and num_beams > MAX_CUDA_BEAMS:
-        if backend == "cuda":
-            raise ValueError(f"num_beams: the cuda beam step takes at most {MAX_CUDA_BEAMS} beams, got "
-                             f"{num_beams}; use backend='eager'")
-        global _warned_wide
-        if not _warned_wide:
-            import warnings
-
-            warnings.warn(f"beam_step: num_beams = {num_beams} is above the cuda step's limit of {MAX_CUDA_BEAMS}; "
-                          "'auto' runs this beam on the (much slower) eager backend", RuntimeWarning, stacklevel=2)
-            _warned_wide = True
-        name = "eager"
+    name = dispatch("beam_step", backend, logits.device.type, logits.dtype, num_beams=num_beams)
     if name == "cuda":
         _ext.load()
         out = torch.ops.capsid_C.beam_step(logits.contiguous(), node, score, finished, trie.child_start,

@@ -15,9 +15,8 @@ import torch
 from torch import Tensor
 
 from .._validate import check_route_args
-from ..backends import BackendUnavailable, select
 from ..reference import RouteOutput, compute_dtype, route_reference
-from ..triton.support import shape_reason
+from ..registry import dispatch
 from ._precision import matmul_precision
 
 # Floating outputs first (q, r', z, c*, ||o||), then token and stop reason: the op's order,
@@ -183,29 +182,12 @@ route_triton_train.register_autograd(_backward_train, setup_context=_setup_train
 
 
 def resolve_backend(backend: str, r: Tensor, W: Tensor, rounds: int) -> str:
-    """The backend that runs these inputs: ``select`` plus the Triton kernel's shape limits
-    ("auto" falls back to eager past them; naming "triton" raises with the reason)."""
-    name = select("route", backend, r.device.type, r.dtype)  # raises when a named backend cannot run
-    if name == "triton":
-        reason = shape_reason(W.shape[2], W.shape[1], rounds)
-        if reason is not None:
-            if backend == "triton":
-                raise BackendUnavailable(f"backend='triton' cannot run op 'route': {reason}")
-            name = "eager"
-    if backend == "auto" and name == "triton":
-        from .route_cuda import auto_prefers_cuda  # the measured exception (route_cuda.AUTO_RULE)
-
-        if auto_prefers_cuda(r.device.type, r.dtype, W.shape[0], W.shape[1], W.shape[2], rounds):
-            name = "cuda"
-    if name == "cuda":
-        from .route_cuda import shape_reason as cuda_shape_reason
-
-        reason = cuda_shape_reason(W.shape[2], W.shape[1], rounds)
-        if reason is not None:
-            if backend == "cuda":
-                raise BackendUnavailable(f"backend='cuda' cannot run op 'route': {reason}")
-            name = "eager"
-    return name
+    """The backend that runs these inputs (``registry.dispatch`` with the layer's sizes): a named
+    backend that cannot run them raises ``BackendUnavailable``; "auto" takes the first fast backend
+    that runs the device and dtype, the measured exception (registry.AUTO_RULES), and eager past
+    that backend's limits (warning once for CUDA tensors)."""
+    K, dc, d = W.shape
+    return dispatch("route", backend, r.device.type, r.dtype, K=K, d_c=dc, d=d, rounds=rounds)
 
 
 def route(

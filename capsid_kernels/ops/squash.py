@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import _ext
 from .._validate import check_squash_args
-from ..backends import select
+from ..registry import dispatch
 from ..reference import squash as squash_ref
 from ..reference import squash_backward as squash_backward_ref
 
@@ -41,7 +41,7 @@ def squash(z: Tensor, *, backend: str = "auto", check_finite: bool = False) -> T
     rejects NaN/Inf in z (one device synchronisation; off by default in this hot path).
     """
     check_squash_args(z, check_finite)
-    name = select("squash", backend, z.device.type, z.dtype)
+    name = dispatch("squash", backend, z.device.type, z.dtype)
     if name == "cuda":
         _ext.load()
         return torch.ops.capsid_C.squash_forward(z.contiguous())

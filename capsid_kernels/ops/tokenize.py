@@ -15,8 +15,7 @@ from torch import Tensor
 
 from ..reference import StackOutput, check_item_vectors, tokenize_stack
 from ..reference.stack import concat_outputs
-from ..backends import select
-from ..triton.support import shape_reason
+from ..registry import limit_reasons, select
 from .route import route
 from .._validate import short
 
@@ -77,7 +76,7 @@ def _fast_stack(x: Tensor, layers, rounds: int, backend: str) -> bool:
         return False
     if select("tokenize", backend, x.device.type, x.dtype) != "triton":
         return False
-    if any(shape_reason(W.shape[2], W.shape[1], rounds) for W, _, _ in layers):
+    if any(limit_reasons("tokenize", "triton", d=W.shape[2], d_c=W.shape[1], rounds=rounds) for W, _, _ in layers):
         return False  # route() raises for backend="triton" or falls back to eager for "auto"
     tensors = [x] + [t for layer in layers for t in layer]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
