@@ -23,7 +23,7 @@ def _register_python_parts() -> None:
     torch.library.register_fake("capsid_C::squash_backward")(lambda grad, z: torch.empty_like(z))
     squash_cuda_autograd.register()
 
-    from .decode.beam_step import step_fake
+    from .decode.beam_step_torch import step_fake
 
     if hasattr(torch.ops.capsid_C, "beam_step"):  # a build older than the op still loads
         torch.library.register_fake("capsid_C::beam_step")(lambda logits, *rest: step_fake(logits))

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import _ext
 from ..registry import dispatch, kernel
-from .beam_step_torch import beam_step_torch
+from .beam_step_torch import beam_step_torch, step_fake
 from .trie import Trie
 from .._validate import short
 
@@ -41,13 +41,6 @@ def beam_step_eager(logits: Tensor, node: Tensor, score: Tensor, finished: Tenso
 @beam_step_eager.register_fake
 def _(logits, node, score, finished, child_start, token, end_bits, num_beams, max_fanout):
     return step_fake(logits)
-
-
-def step_fake(logits: Tensor):
-    rows = logits.shape[0]
-    new = logits.new_empty
-    return (new(rows, dtype=torch.int64), new(rows, dtype=torch.int64), new(rows, dtype=torch.int32),
-            new(rows, dtype=torch.float32), new(rows, dtype=torch.bool))
 
 
 def check_step_args(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, trie: Trie, num_beams: int,

@@ -93,3 +93,11 @@ def beam_step_torch(logits: Tensor, node: Tensor, score: Tensor, finished: Tenso
     parent = torch.where(empty, self_row, src)
     new_fin = new_fin | empty
     return new_tok, parent, new_node, new_score, new_fin
+
+
+def step_fake(logits: Tensor):
+    """Output shapes and dtypes of every beam-step op (eager and the C++ ``capsid_C::beam_step``)."""
+    rows = logits.shape[0]
+    new = logits.new_empty
+    return (new(rows, dtype=torch.int64), new(rows, dtype=torch.int64), new(rows, dtype=torch.int32),
+            new(rows, dtype=torch.float32), new(rows, dtype=torch.bool))

@@ -15,20 +15,10 @@ import torch
 from torch import Tensor
 
 from .._validate import check_route_args
-from ..reference import RouteOutput, compute_dtype, route_reference
+from ..reference import RouteOutput, compute_dtype
 from ..registry import dispatch
 from ._precision import matmul_precision
-
-# Floating outputs first (q, r', z, c*, ||o||), then token and stop reason: the op's order,
-# which ``route`` rearranges into a RouteOutput.
-_OutTuple = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
-
-
-def _reference(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm) -> RouteOutput:
-    return route_reference(
-        r, W, b, D, rounds=rounds, mode="hard" if hard else "soft", eta=eta, tau=tau, eps=eps,
-        last=last, need_weights=need_weights, need_onorm=need_onorm,
-    )
+from ._route_common import _backward, _OutTuple, _reference, _setup, route_fake
 
 
 @torch.library.custom_op("capsid::route_eager", mutates_args=())
@@ -55,46 +45,8 @@ def route_triton(
     return route_forward(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm, tf32)
 
 
-@route_eager.register_fake
-@route_triton.register_fake
-def route_fake(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm, tf32) -> _OutTuple:
-    """Output shapes and dtypes of every routing forward op (eager, triton, cuda)."""
-    n, k, cd = r.shape[0], W.shape[0], compute_dtype(r.dtype)
-    return (
-        r.new_empty(n, dtype=cd),
-        torch.empty_like(r),
-        torch.empty_like(r),
-        r.new_empty((n, k) if need_weights else (0,), dtype=cd),
-        r.new_empty(n if need_onorm else 0, dtype=cd),
-        r.new_empty(n, dtype=torch.int64),
-        r.new_empty(n, dtype=torch.int64),
-    )
-
-
-def _setup(ctx, inputs, output) -> None:
-    r, W, b, D, rounds, hard, eta, _tau, _eps, _last, need_weights, need_onorm, tf32 = inputs
-    ctx.save_for_backward(r, W, b, D)
-    ctx.args = (rounds, hard, eta, need_weights, need_onorm, tf32)
-
-
-def _backward(ctx, g_q, g_res, g_z, g_w, g_onorm, _g_token, _g_reason):
-    rounds, hard, eta, need_weights, need_onorm, tf32 = ctx.args
-    leaves = [t.detach().requires_grad_() for t in ctx.saved_tensors]
-    with torch.enable_grad(), matmul_precision(tf32):
-        out = _reference(*leaves, rounds, hard, eta, 0.0, 0.0, False, need_weights, need_onorm)
-        pairs = [(out.confidence, g_q), (out.residual, g_res), (out.recon, g_z)]
-        if need_weights:
-            pairs.append((out.weights, g_w))
-        if need_onorm:
-            pairs.append((out.onorm, g_onorm))
-        pairs = [(o, g) for o, g in pairs if g is not None]
-        if not pairs:
-            return (None,) * 13
-        grads = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
-    grads = [torch.zeros_like(l) if g is None else g for g, l in zip(grads, leaves)]
-    return (*grads, *([None] * 9))
-
-
+route_eager.register_fake(route_fake)
+route_triton.register_fake(route_fake)
 route_eager.register_autograd(_backward, setup_context=_setup)
 
 

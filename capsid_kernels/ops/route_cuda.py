@@ -1,7 +1,7 @@
 """``capsid::route_cuda``: one routing layer (SPEC §2) on the CUDA C++ kernel (csrc/route_fwd.cu).
 
 The forward calls ``torch.ops.capsid_C.route_forward`` (the extension is loaded on first call,
-never at import); the backward is route.py's recompute-the-reference backward, as for Triton.
+never at import); the backward is the recompute-the-reference one of ops/_route_common.py.
 The kernel returns the final agreement logits and their log-sum-exp; c* = exp(logits − lse)
 is formed here only when the weights are asked for.
 """
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..registry import apply_rules, first_limit_reason, kernel, need_reason
-from .route import _backward, _OutTuple, _setup, route_fake
+from ._route_common import _backward, _OutTuple, _setup, route_fake
 
 _RECORD = kernel("route", "cuda")  # dtypes, limits and needs: capsid_kernels.registry
 DTYPES = _RECORD.dtypes
