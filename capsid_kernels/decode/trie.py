@@ -195,6 +195,9 @@ class Trie:
         return trie if device is None else trie.to(device)
 
 
+INDEX_LIMIT = 2**31
+"""Node ids and leaf offsets are int32: a trie holds fewer nodes and items than this."""
+
 _TENSORS = ("child_start", "token", "end_bits", "end_rank", "leaf_start", "items")
 _DTYPES = {"child_start": (torch.int32,), "token": (torch.int16, torch.int32), "end_bits": (torch.int32,),
            "end_rank": (torch.int32,), "leaf_start": (torch.int32,), "items": (torch.int32, torch.int64)}
@@ -298,15 +301,19 @@ def build_trie(paths: PathsLike, vocab_size: int, *, item_ids: Optional[Tensor] 
     item_ids = (torch.arange(n, device=device) if item_ids is None
                 else _as_1d("item_ids", item_ids, n, False).to(device=device, dtype=torch.int64))
     if n and int(item_ids.min()) < 0:
-        raise TrieError("item_ids: ids must be >= 0")
+        i = int((item_ids < 0).nonzero()[0, 0])
+        raise TrieError(f"item_ids: expected ids >= 0, got {int(item_ids[i])} at row {i} "
+                        f"({int((item_ids < 0).sum())} such rows)")
     sorted_ids = item_ids.sort().values
     if n > 1 and bool((sorted_ids[1:] == sorted_ids[:-1]).any()):
         dup = int(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]][0])
         raise TrieError(f"item_ids: id {dup} appears more than once; give each item one path")
     popularity = (torch.zeros(n, device=device) if popularity is None
                   else _as_1d("popularity", popularity, n, True).to(device=device, dtype=torch.float64))
-    if popularity.shape != (n,) or not bool(torch.isfinite(popularity).all()):
-        raise TrieError(f"popularity: expected {n} finite values")
+    if not bool(torch.isfinite(popularity).all()):  # the shape is _as_1d's
+        i = int((~torch.isfinite(popularity)).nonzero()[0, 0])
+        raise TrieError(f"popularity: expected finite values, got {float(popularity[i])} at row {i} "
+                        f"({int((~torch.isfinite(popularity)).sum())} such rows)")
 
     max_len = int(lengths.max())
     codes = paths[:, :max_len].clone()
@@ -372,8 +379,11 @@ def build_trie(paths: PathsLike, vocab_size: int, *, item_ids: Optional[Tensor] 
 
     tok_dtype = torch.int16 if vocab_size <= 2**15 - 1 else torch.int32
     item_dtype = torch.int32 if int(item_ids.max()) < 2**31 else torch.int64
-    if num_nodes >= 2**31 or n >= 2**31:
-        raise TrieError(f"the trie has {num_nodes} nodes; int32 node ids allow fewer than 2**31")
+    if num_nodes >= INDEX_LIMIT:
+        raise TrieError(f"paths: expected a trie of fewer than {INDEX_LIMIT} nodes (int32 node ids), got "
+                        f"{num_nodes} nodes from {n} items")
+    if n >= INDEX_LIMIT:
+        raise TrieError(f"paths: expected fewer than {INDEX_LIMIT} items (int32 leaf offsets), got {n}")
     return Trie(
         child_start=child_start.to(torch.int32), token=tok_all.to(tok_dtype), end_bits=_to_int32_bits(end_bits),
         end_rank=end_rank.to(torch.int32), leaf_start=leaf_start.to(torch.int32), items=items_sorted.to(item_dtype),

@@ -119,6 +119,8 @@ def cmd_vectors(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         from .atomic import writable_folder
+        if Path(args.save).is_dir():
+            raise ValueError(f"--save {args.save}: expected a .npy file to write, got a folder")
         writable_folder(Path(args.save).parent, "--save")
     data = _load_data(args)
     vectors, info = _vectors(args, data, device)
