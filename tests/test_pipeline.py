@@ -156,7 +156,7 @@ def test_long_values_are_elided_in_set_and_generator_messages():
     import argparse
 
     from capsid_gr.generator.seq import EncDecConfig
-    from capsid_gr.pipeline import parse_override
+    from capsid_gr.pipeline import parse_override, preset_settings
 
     with pytest.raises(argparse.ArgumentTypeError) as e:
         parse_override("x" * 500)
@@ -164,3 +164,18 @@ def test_long_values_are_elided_in_set_and_generator_messages():
     with pytest.raises(ValueError) as e:
         EncDecConfig(positions="p" * 300)
     assert "...(302 chars)" in str(e.value) and "p" * 60 not in str(e.value)
+    with pytest.raises(ValueError) as e:  # an unknown field's name is elided too
+        preset_settings(argparse.Namespace(preset="cpu", set=[("fit", "f" * 300, 1)]))
+    assert "...(302 chars)" in str(e.value) and "f" * 60 not in str(e.value)
+
+
+def test_synthetic_config_names_the_rule_and_only_the_fields_it_reads():
+    from capsid_gr.data.synthetic import SyntheticConfig
+
+    with pytest.raises(ValueError) as e:
+        SyntheticConfig(min_len=9, mean_len=5)
+    msg = str(e.value)
+    assert "expected 3 <= min <= mean <= max len" in msg and "min_len=9" in msg and "mean_len=5" in msg
+    assert "n_items" not in msg and "p_same_leaf" not in msg  # not the whole config
+    with pytest.raises(ValueError, match=r"level_scales=\(1\.0,\)"):
+        SyntheticConfig(branching=(4, 4), level_scales=(1.0,))

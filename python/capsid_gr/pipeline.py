@@ -133,7 +133,7 @@ def preset_settings(args) -> dict:
     for section, field, value in getattr(args, "set", None) or ():
         known = {f.name for f in dataclasses.fields(_section_class(section))}
         if field not in known:
-            raise ValueError(f"--set {section}.{field}: unknown field; {section} has {', '.join(sorted(known))}")
+            raise ValueError(f"--set {section}.{field if len(field) <= 40 else short(field)}: unknown field; {section} has {', '.join(sorted(known))}")
         preset[section][field] = value
     for section in dict.fromkeys(sec for sec, _, _ in getattr(args, "set", None) or ()):
         try:  # every overridden section is checked whole now, before any data is read or model trained

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset import SequenceDataset
-from ..checks import check_config
+from ..checks import check_config, short
 
 _BLOCK = 1 << 14
 """Items per random stream in synthetic_item_vectors. Fixed, not a parameter: the vectors are
@@ -65,21 +65,24 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         check_config(self)
         n_leaves = math.prod(self.branching)
-        checks = [
-            (len(self.branching) >= 1 and min(self.branching) >= 1, "branching entries >= 1"),
-            (len(self.level_scales) == len(self.branching), "one level_scale per level"),
-            (self.n_items >= n_leaves, f"n_items >= {n_leaves} leaf facets"),
-            (self.n_users >= 1 and self.d >= 1, "n_users >= 1 and d >= 1"),
-            (3 <= self.min_len <= self.mean_len <= self.max_len, "3 <= min <= mean <= max len"),
-            (0 <= self.boundary_fraction <= 1, "0 <= boundary_fraction <= 1"),
+        checks = [  # (holds, the rule, the fields it reads)
+            (len(self.branching) >= 1 and min(self.branching) >= 1, "branching entries >= 1", ("branching",)),
+            (len(self.level_scales) == len(self.branching), "one level_scale per level",
+             ("level_scales", "branching")),
+            (self.n_items >= n_leaves, f"n_items >= {n_leaves} leaf facets", ("n_items", "branching")),
+            (self.n_users >= 1 and self.d >= 1, "n_users >= 1 and d >= 1", ("n_users", "d")),
+            (3 <= self.min_len <= self.mean_len <= self.max_len, "3 <= min <= mean <= max len",
+             ("min_len", "mean_len", "max_len")),
+            (0 <= self.boundary_fraction <= 1, "0 <= boundary_fraction <= 1", ("boundary_fraction",)),
             (min(self.p_same_leaf, self.p_same_parent, self.p_same_top) >= 0
              and self.p_same_leaf + self.p_same_parent + self.p_same_top <= 1,
-             "transition probabilities >= 0 summing to at most 1"),
-            (self.brands_per_facet >= 1, "brands_per_facet >= 1"),
+             "transition probabilities >= 0 summing to at most 1", ("p_same_leaf", "p_same_parent", "p_same_top")),
+            (self.brands_per_facet >= 1, "brands_per_facet >= 1", ("brands_per_facet",)),
         ]
-        for ok, need in checks:
+        for ok, need, fields in checks:
             if not ok:
-                raise ValueError(f"SyntheticConfig: need {need}; got {self}")
+                got = ", ".join(f"{f}={short(getattr(self, f))}" for f in fields)
+                raise ValueError(f"SyntheticConfig: expected {need}, got {got}")
 
 
 def facet_centres(rng: np.random.Generator, branching, d: int, level_scales) -> np.ndarray:
