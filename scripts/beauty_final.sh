@@ -7,6 +7,9 @@
 #                                    # batch 512 / lr 2e-3, the preset's seed 0 as control, one dropout probe, GPU tests
 #   FIT_SECONDS=470 JOB_TIMEOUT=540 bash scripts/beauty_final.sh E   # RQ-KMeans x3 at 120 epochs, seed 0 with
 #                                    # 4 + 4 layers / FFN 1024 and at 200 epochs, and the GPU tests (5 runs)
+#   FIT_SECONDS=480 JOB_TIMEOUT=560 bash scripts/beauty_final.sh G   # the 4 + 4-layer / FFN-1024 encoder-decoder:
+#                                    # RQ-KMeans x3, and seed-0 probes on it, one change each (item ids, item
+#                                    # features, untied output, width 256, dropout 0.3), the Markov anchors (9 runs)
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # Vectors: .data/beauty_vectors_content_cooc.npy (capsid vectors --data DIR --sources content,cooc --save ...).
@@ -37,6 +40,11 @@ case "${1:-A}" in
        "rqkmeans 0 --set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024" \
        "rqkmeans 0 --set fit.epochs=200"
      wait ;;
+  G) OUT=${OUT:-gpu-logs}/deep EXTRA="--set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024" \
+       bash scripts/beauty_job.sh "@markov,markov1 0" "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" \
+       "rqkmeans 0 --set encdec.item_ids=true" "rqkmeans 0 --set encdec.item_features=true" \
+       "rqkmeans 0 --set encdec.tied_output=false" "rqkmeans 0 --set encdec.hidden=256" \
+       "rqkmeans 0 --set encdec.dropout=0.3" ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
        "rqkmeans 0 --set fit.lr=2e-3" "rqkmeans 0 --set fit.epochs=120" \

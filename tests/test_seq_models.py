@@ -108,13 +108,14 @@ def test_encdec_generator_trains_and_beats_popularity(data):
     assert all(len(set(row.tolist())) == 10 for row in ranked)  # beams end on distinct valid items
 
 
-@pytest.mark.parametrize("item_ids", [False, True])
-def test_encdec_cached_decoding_matches_the_full_forward(data, item_ids):
+@pytest.mark.parametrize("flags", [{}, {"item_ids": True}, {"item_features": True, "tied_output": False}])
+def test_encdec_cached_decoding_matches_the_full_forward(data, flags):
     """The first decoding steps (per-query cross K/V, self-attention cache) give the logits
     of the teacher-forced forward pass that training uses."""
     items = _rq_items(data)
     model = EncDecGenerator(items, EncDecConfig(hidden=32, heads=2, enc_layers=2, dec_layers=2, ffn=64, dropout=0.0,
-                                                max_len=20, item_ids=item_ids), seed=1).eval()
+                                                max_len=20, **flags), seed=1,
+                            features=data.item_vectors if flags.get("item_features") else None).eval()
     g = torch.Generator().manual_seed(5)
     hist = torch.randint(0, data.n_items, (3, 6), generator=g)
     hist[0, :2] = -1  # left padding
@@ -152,6 +153,40 @@ def test_encdec_item_ids_add_a_per_item_embedding(data):
                                torch.cat([torch.zeros(1, 1, 32), model.item.weight[ids[:, 1:]]], 1))
     with pytest.raises(ValueError, match="item_ids"):
         EncDecConfig(item_ids=1)
+
+
+def test_encdec_item_features_enter_as_a_linear_map_of_the_unit_vectors(data):
+    """With item_features, a history item is its token sum plus W x / |x| of its own vector."""
+    items = _rq_items(data)
+    cfg = dict(hidden=32, heads=2, enc_layers=1, dec_layers=1, ffn=64, max_len=20)
+    plain = EncDecGenerator(items, EncDecConfig(**cfg), seed=2)
+    model = EncDecGenerator(items, EncDecConfig(**cfg, item_features=True), seed=2, features=data.item_vectors)
+    with torch.no_grad():
+        model.tok.weight.copy_(plain.tok.weight)
+    x = torch.as_tensor(data.item_vectors, dtype=torch.float32)
+    ids = torch.tensor([[-1, 0, 5, data.n_items - 1]])
+    unit = x[ids[0, 1:]] / x[ids[0, 1:]].norm(dim=1, keepdim=True)
+    want = torch.cat([torch.zeros(1, 32), unit @ model.feat.weight.T])[None]
+    torch.testing.assert_close(model.item_vectors(ids) - plain.item_vectors(ids), want)
+    for bad, why in [(None, "got nothing"), (data.item_vectors[:-1], "got shape"),
+                     (np.full_like(data.item_vectors, np.nan), "non-finite")]:
+        with pytest.raises(ValueError, match=f"item_features needs a finite.*{why}"):
+            EncDecGenerator(items, EncDecConfig(**cfg, item_features=True), features=bad)
+
+
+def test_encdec_untied_output_starts_from_the_token_rows_and_trains_apart(data):
+    items = _rq_items(data)
+    cfg = dict(hidden=32, heads=2, enc_layers=1, dec_layers=1, ffn=64, max_len=20)
+    tied = EncDecGenerator(items, EncDecConfig(**cfg), seed=2)
+    model = EncDecGenerator(items, EncDecConfig(**cfg, tied_output=False), seed=2)
+    torch.testing.assert_close(model.out, model.tok.weight, rtol=0, atol=0)
+    assert model.out.data_ptr() != model.tok.weight.data_ptr() and tied.out is None
+    hist, tgt = torch.tensor([[0, 1, 2]]), torch.tensor([[1, 2, 3]])
+    model.loss(hist, tgt)[0].backward()
+    assert model.out.grad is not None and model.out.grad.abs().sum() > 0
+    assert not torch.equal(model.out.grad, model.tok.weight.grad)  # the output rows get their own gradient
+    with pytest.raises(ValueError, match="EncDecConfig.tied_output: expected a bool"):
+        EncDecConfig(tied_output="no")
 
 
 def test_fit_resumes_to_the_uninterrupted_result(data, tmp_path):

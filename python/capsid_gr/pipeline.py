@@ -345,7 +345,7 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
         fcfg = FitConfig(seed=seed, **_fit_overrides(preset, args))
         gcfg = EncDecConfig(**{"max_len": fcfg.max_history, **preset["encdec"]})
         split = data.split(max_history=fcfg.max_history)
-        model = EncDecGenerator(items, gcfg, seed=seed)
+        model = EncDecGenerator(items, gcfg, seed=seed, features=x if gcfg.item_features else None)
         rec = EncDecRecommender(model, build_item_trie(items, pop, device), fcfg.max_history)
         res = fit_sequential(model, rec, split, fcfg, device=device, out_dir=run_dir, show_progress=not args.quiet,
                              identity={"generator": gcfg.to_dict(), "items": items_fingerprint(items)})

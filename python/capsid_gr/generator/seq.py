@@ -60,7 +60,11 @@ class EncDecConfig:
     position tables cover (SPEC §8: 50); warm_start: token rows start from the codebook
     centres (SPEC §6) rather than at random; init_std: random init; item_ids: a history item
     enters as its token sum plus a learned per-item embedding (the output side stays the
-    SID tokens under the trie), so the encoder can tell apart items whose SIDs share tokens."""
+    SID tokens under the trie), so the encoder can tell apart items whose SIDs share tokens;
+    item_features: a history item also enters as a learned linear map of its frozen item
+    vector (the tokenizer's input, passed as `features`), so items with similar vectors enter
+    alike even when their SIDs part early; tied_output: the output projection is the token
+    embedding (TIGER, SPEC §6) or, when False, a separate matrix started from the same rows."""
 
     hidden: int = 128
     heads: int = 4
@@ -73,12 +77,15 @@ class EncDecConfig:
     warm_start: bool = True
     init_std: float = 0.02
     item_ids: bool = False
+    item_features: bool = False
+    tied_output: bool = True
 
     def __post_init__(self) -> None:
         check_config(self)
         _check_sizes(self, ("hidden", "heads", "enc_layers", "dec_layers", "ffn", "max_len"))
-        if not isinstance(self.item_ids, bool):
-            raise ValueError(f"EncDecConfig.item_ids: expected a bool, got {short(self.item_ids)}")
+        for n in ("item_ids", "item_features", "tied_output"):
+            if not isinstance(getattr(self, n), bool):
+                raise ValueError(f"EncDecConfig.{n}: expected a bool, got {short(getattr(self, n))}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -250,13 +257,26 @@ def window_tensors(windows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarra
 class EncDecGenerator(nn.Module):
     """Encoder over history items (sum of their SID-token embeddings), decoder over the target's tokens."""
 
-    def __init__(self, items: ItemTokenization, config: EncDecConfig = EncDecConfig(), *, seed: int = 0) -> None:
+    def __init__(self, items: ItemTokenization, config: EncDecConfig = EncDecConfig(), *, seed: int = 0,
+                 features=None) -> None:
         super().__init__()
         self.config = c = config
         self.vocab_size = items.vocab_size
         self.register_buffer("paths", torch.as_tensor(items.path_matrix()), persistent=False)  # [N, P]
+        n_items = self.paths.shape[0]
         self.tok = nn.Embedding(items.vocab_size, c.hidden)
-        self.item = nn.Embedding(self.paths.shape[0], c.hidden) if c.item_ids else None
+        self.item = nn.Embedding(n_items, c.hidden) if c.item_ids else None
+        if c.item_features:
+            f = None if features is None else torch.as_tensor(np.asarray(features, np.float32))
+            if f is None or f.ndim != 2 or f.shape[0] != n_items or not bool(torch.isfinite(f).all()):
+                got = ("nothing" if f is None else f"shape {list(f.shape)}" if f.ndim != 2 or f.shape[0] != n_items
+                       else "a non-finite value")
+                raise ValueError(f"EncDecGenerator(features=...): EncDecConfig.item_features needs a finite "
+                                 f"[{n_items}, d] matrix of item vectors (one row per item), got {got}")
+            self.register_buffer("features", f / f.norm(dim=1, keepdim=True).clamp(min=1e-12), persistent=False)
+            self.feat = nn.Linear(f.shape[1], c.hidden, bias=False)
+        else:
+            self.features, self.feat = None, None
         self.encoder = ItemEncoder(c.hidden, c.heads, c.enc_layers, c.ffn, c.dropout, c.positions, c.max_len)
         self.dpos = nn.Embedding(self.paths.shape[1], c.hidden)
         self.ln_dec = nn.LayerNorm(c.hidden)
@@ -268,6 +288,7 @@ class EncDecGenerator(nn.Module):
             from .model import warm_start_tokens
 
             warm_start_tokens(self.tok.weight, items.token_init, items.has_init, 1.0, c.init_std, seed)
+        self.out = None if c.tied_output else nn.Parameter(self.tok.weight.detach().clone())
 
     @property
     def device(self) -> torch.device:
@@ -281,6 +302,8 @@ class EncDecGenerator(nn.Module):
         x = (self.tok(p) * keep[..., None].to(self.tok.weight.dtype)).sum(-2)
         if self.item is not None:
             x = x + self.item(ids.clamp(min=0)) * (ids >= 0)[..., None].to(x.dtype)
+        if self.feat is not None:
+            x = x + self.feat(self.features[ids.clamp(min=0)]) * (ids >= 0)[..., None].to(x.dtype)
         return x
 
     def encode(self, items: Tensor) -> tuple[Tensor, Tensor]:
@@ -289,8 +312,9 @@ class EncDecGenerator(nn.Module):
 
     def logits(self, y: Tensor) -> Tensor:
         """Tied output projection in float32 (beam scores need better than bf16's ~0.1 logit steps)."""
+        w = self.tok.weight if self.out is None else self.out
         with torch.autocast(y.device.type, enabled=False):
-            return F.linear(self.ln_f(y).float(), self.tok.weight.float())
+            return F.linear(self.ln_f(y).float(), w.float())
 
     def _decoder_inputs(self, tokens: Tensor, start: int = 0) -> Tensor:
         pos = torch.arange(start, start + tokens.shape[-1], device=tokens.device)
