@@ -10,6 +10,9 @@
 #   FIT_SECONDS=480 JOB_TIMEOUT=560 bash scripts/beauty_final.sh G   # the 4 + 4-layer / FFN-1024 encoder-decoder:
 #                                    # RQ-KMeans x3, and seed-0 probes on it, one change each (item ids, item
 #                                    # features, untied output, width 256, dropout 0.3), the Markov anchors (9 runs)
+#   FIT_SECONDS=380 JOB_TIMEOUT=450 bash scripts/beauty_final.sh H   # builds the extension first (G had none, so
+#                                    # validation decoded on the eager beam step), then the 4 + 4 model: RQ-KMeans
+#                                    # x3, item features, width 256, dropout 0.3 (6 runs) beside the GPU tests
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # Vectors: .data/beauty_vectors_content_cooc.npy (capsid vectors --data DIR --sources content,cooc --save ...).
@@ -45,6 +48,14 @@ case "${1:-A}" in
        "rqkmeans 0 --set encdec.item_ids=true" "rqkmeans 0 --set encdec.item_features=true" \
        "rqkmeans 0 --set encdec.tied_output=false" "rqkmeans 0 --set encdec.hidden=256" \
        "rqkmeans 0 --set encdec.dropout=0.3" ;;
+  H) O=${OUT:-gpu-logs}; mkdir -p "$O"; t=$(date +%s)
+     TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"
+     python3 -c "import capsid_kernels._C" || exit 1
+     (SKIP_BUILD=1 SKIP_FULL=1 OUT=$O/gpu_check timeout 480 bash scripts/gpu_check.sh > "$O/gpu_check.txt" 2>&1) &
+     OUT=$O/deep EXTRA="--set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024" \
+       bash scripts/beauty_job.sh "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" "rqkmeans 0 --set encdec.item_features=true" \
+       "rqkmeans 0 --set encdec.hidden=256" "rqkmeans 0 --set encdec.dropout=0.3"
+     wait ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
        "rqkmeans 0 --set fit.lr=2e-3" "rqkmeans 0 --set fit.epochs=120" \

@@ -237,3 +237,34 @@ def test_cooccurrence_vectors_carry_next_item_signal(data):
     # (this catalogue repeats items often, which a nearest neighbour other than the item cannot
     # predict, so popularity is not the bar here; Beauty's numbers are in the README)
     assert got > noise + 0.1 and got > 0.5 * pop_recall(data)
+
+
+def test_training_and_decoding_run_without_cudnn_attention(data):
+    """cuDNN's fused attention failed intermittently with several runs on one GPU: the fit loop and
+    the recommenders' decoding run under `attention_backends()`, which turns it off (and only it)."""
+    from capsid_gr.generator.seq import attention_backends
+
+    before = (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+              torch.backends.cuda.math_sdp_enabled())
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_backends():
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+                torch.backends.cuda.math_sdp_enabled()) == (True, True, True)
+    assert torch.backends.cuda.cudnn_sdp_enabled() and before == (True, True, True)
+    split = data.split(max_history=20)
+    model = SASRec(data.n_items, SASRecConfig(hidden=16, heads=2, layers=1, ffn=32, max_len=20), seed=0)
+    seen = []
+    real = model.loss
+
+    def loss(items, targets):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return real(items, targets)
+
+    model.loss = loss
+    rec = SASRecRecommender(model, 20)
+    fit_sequential(model, rec, split, FitConfig(**{**FIT, "epochs": 1}), show_progress=False)
+    real_encode = model.encode
+    model.encode = lambda items: (seen.append(torch.backends.cuda.cudnn_sdp_enabled()), real_encode(items))[1]
+    rec.recommend(split.test.histories()[:8], top_k=5)
+    assert seen and not any(seen)

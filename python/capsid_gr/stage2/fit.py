@@ -27,7 +27,7 @@ import torch
 
 from ..data import Split
 from ..eval.metrics import ranking_metrics
-from ..generator.seq import window_tensors
+from ..generator.seq import attention_backends, window_tensors
 from .samples import bucketed_batches, training_windows, window_batch
 from ..checks import check_config, short
 
@@ -170,65 +170,66 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
     stopped_by = "epochs"
     if history and history[-1].get("stop"):
         stopped_by, first = history[-1]["stop"], cfg.epochs
-    for epoch in range(first, cfg.epochs):
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        rng = np.random.default_rng(cfg.seed * 7_919 + epoch)
-        perm = rng.permutation(len(windows))
-        batches = bucketed_batches(windows[perm], cfg.batch_size, cfg.max_history, cfg.length_buckets, rng,
-                                   lengths[perm])
-        model.train()
-        loss_sum, n_sum = 0.0, 0
-        losses = []
-        for i, chosen in enumerate(batches):
-            lr = learning_rate(cfg, epoch * steps_per_epoch + i, total,
-                               time.perf_counter() - start if cfg.max_seconds else None)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            inp, tgt = window_tensors(window_batch(split.train, chosen, cfg.max_history))
-            with _autocast(device):
-                loss, n = model.loss(torch.as_tensor(inp, device=device), torch.as_tensor(tgt, device=device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            losses.append(loss.detach() * n)
-            n_sum += n
-        loss_sum = float(torch.stack(losses).sum()) if losses else 0.0
-        elapsed = time.perf_counter() - start
-        record = {"epoch": epoch, "lr_end": lr, "train_loss": loss_sum / max(n_sum, 1), "seconds": elapsed}
-        late = cfg.max_seconds is not None and elapsed > cfg.max_seconds
-        if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or late:
-            ranked, _ = recommender.recommend(val_hist, num_beams=cfg.num_beams, top_k=10,
-                                              batch_size=cfg.eval_batch_size)
-            m = ranking_metrics(ranked, val_target, ks=(10,))
-            record.update({f"val_{k}": v for k, v in m.items()})
-            if m["ndcg@10"] > best:
-                best, best_epoch, best_val = m["ndcg@10"], epoch, m
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if epoch - best_epoch >= cfg.patience and best_epoch >= 0:
-            stopped_by = "patience"
-        if late:
-            stopped_by = "time"
-        record["best_epoch"] = best_epoch
-        if stopped_by != "epochs":
-            record["stop"] = stopped_by
-        history.append(record)
-        if show_progress:
-            print(f"[fit] epoch {epoch} loss {record['train_loss']:.4f} "
-                  f"val ndcg@10 {record.get('val_ndcg@10', float('nan')):.4f} best {best:.4f}@{best_epoch} "
-                  f"({elapsed:.0f} s)", flush=True)
-        if log is not None:
-            log(record)
-        if ckpt is not None:
-            opt_t, opt_m = flatten_optimizer(opt)
-            meta = {**key, "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
-                    "best_val": best_val, "optimizer": opt_m}
-            save_checkpoint(ckpt, {**{f"model.{k}": v for k, v in model.state_dict().items()},
-                                   **{f"best.{k}": v for k, v in best_state.items()}, **opt_t}, meta)
-            write_atomic(Path(out_dir) / "fit_log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
-        if stopped_by != "epochs":
-            break
+    with attention_backends():  # no cuDNN attention (see attention_backends)
+        for epoch in range(first, cfg.epochs):
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+            rng = np.random.default_rng(cfg.seed * 7_919 + epoch)
+            perm = rng.permutation(len(windows))
+            batches = bucketed_batches(windows[perm], cfg.batch_size, cfg.max_history, cfg.length_buckets, rng,
+                                       lengths[perm])
+            model.train()
+            loss_sum, n_sum = 0.0, 0
+            losses = []
+            for i, chosen in enumerate(batches):
+                lr = learning_rate(cfg, epoch * steps_per_epoch + i, total,
+                                   time.perf_counter() - start if cfg.max_seconds else None)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                inp, tgt = window_tensors(window_batch(split.train, chosen, cfg.max_history))
+                with _autocast(device):
+                    loss, n = model.loss(torch.as_tensor(inp, device=device), torch.as_tensor(tgt, device=device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                losses.append(loss.detach() * n)
+                n_sum += n
+            loss_sum = float(torch.stack(losses).sum()) if losses else 0.0
+            elapsed = time.perf_counter() - start
+            record = {"epoch": epoch, "lr_end": lr, "train_loss": loss_sum / max(n_sum, 1), "seconds": elapsed}
+            late = cfg.max_seconds is not None and elapsed > cfg.max_seconds
+            if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or late:
+                ranked, _ = recommender.recommend(val_hist, num_beams=cfg.num_beams, top_k=10,
+                                                  batch_size=cfg.eval_batch_size)
+                m = ranking_metrics(ranked, val_target, ks=(10,))
+                record.update({f"val_{k}": v for k, v in m.items()})
+                if m["ndcg@10"] > best:
+                    best, best_epoch, best_val = m["ndcg@10"], epoch, m
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if epoch - best_epoch >= cfg.patience and best_epoch >= 0:
+                stopped_by = "patience"
+            if late:
+                stopped_by = "time"
+            record["best_epoch"] = best_epoch
+            if stopped_by != "epochs":
+                record["stop"] = stopped_by
+            history.append(record)
+            if show_progress:
+                print(f"[fit] epoch {epoch} loss {record['train_loss']:.4f} "
+                      f"val ndcg@10 {record.get('val_ndcg@10', float('nan')):.4f} best {best:.4f}@{best_epoch} "
+                      f"({elapsed:.0f} s)", flush=True)
+            if log is not None:
+                log(record)
+            if ckpt is not None:
+                opt_t, opt_m = flatten_optimizer(opt)
+                meta = {**key, "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
+                        "best_val": best_val, "optimizer": opt_m}
+                save_checkpoint(ckpt, {**{f"model.{k}": v for k, v in model.state_dict().items()},
+                                       **{f"best.{k}": v for k, v in best_state.items()}, **opt_t}, meta)
+                write_atomic(Path(out_dir) / "fit_log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+            if stopped_by != "epochs":
+                break
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(history, best_epoch, best_val, stopped_by, time.perf_counter() - start)
