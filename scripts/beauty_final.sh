@@ -13,6 +13,8 @@
 #   FIT_SECONDS=380 JOB_TIMEOUT=450 bash scripts/beauty_final.sh H   # builds the extension first (G had none, so
 #                                    # validation decoded on the eager beam step), then the 4 + 4 model: RQ-KMeans
 #                                    # x3, item features, width 256, dropout 0.3 (6 runs) beside the GPU tests
+#   FIT_SECONDS=420 JOB_TIMEOUT=480 bash scripts/beauty_final.sh I   # the 4 + 4 model with item features (H's best
+#                                    # probe): RQ-KMeans seeds 1, 2, and seed 0 of GAOQ, RQ-VAE, CAPSID, CAPSID + dedup
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # Vectors: .data/beauty_vectors_content_cooc.npy (capsid vectors --data DIR --sources content,cooc --save ...).
@@ -56,6 +58,11 @@ case "${1:-A}" in
        bash scripts/beauty_job.sh "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" "rqkmeans 0 --set encdec.item_features=true" \
        "rqkmeans 0 --set encdec.hidden=256" "rqkmeans 0 --set encdec.dropout=0.3"
      wait ;;
+  I) O=${OUT:-gpu-logs}; mkdir -p "$O"; t=$(date +%s)
+     TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"
+     python3 -c "import capsid_kernels._C" || exit 1
+     OUT=$O/feat EXTRA="--set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024 --set encdec.item_features=true" \
+       bash scripts/beauty_job.sh "rqkmeans 1" "rqkmeans 2" "gaoq 0" "rqvae 0" "capsid 0" "capsid-dedup 0" ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
        "rqkmeans 0 --set fit.lr=2e-3" "rqkmeans 0 --set fit.epochs=120" \
