@@ -17,6 +17,9 @@
 #                                    # probe): RQ-KMeans seeds 1, 2, and seed 0 of GAOQ, RQ-VAE, CAPSID, CAPSID + dedup
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
+# G, H and I name the encoder-decoder flags they ran with, so they reproduce after the gpu preset took
+# I's settings (4 + 4 layers, FFN 1024, item features) as its own; the cases above G ran with the preset of
+# the commit their results file names.
 # Vectors: .data/beauty_vectors_content_cooc.npy (capsid vectors --data DIR --sources content,cooc --save ...).
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 FIT_SECONDS=${FIT_SECONDS:-420} JOB_TIMEOUT=${JOB_TIMEOUT:-580} \
@@ -45,7 +48,7 @@ case "${1:-A}" in
        "rqkmeans 0 --set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024" \
        "rqkmeans 0 --set fit.epochs=200"
      wait ;;
-  G) OUT=${OUT:-gpu-logs}/deep EXTRA="--set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024" \
+  G) OUT=${OUT:-gpu-logs}/deep EXTRA="--set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024 --set encdec.item_features=false" \
        bash scripts/beauty_job.sh "@markov,markov1 0" "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" \
        "rqkmeans 0 --set encdec.item_ids=true" "rqkmeans 0 --set encdec.item_features=true" \
        "rqkmeans 0 --set encdec.tied_output=false" "rqkmeans 0 --set encdec.hidden=256" \
@@ -54,7 +57,7 @@ case "${1:-A}" in
      TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"
      python3 -c "import capsid_kernels._C" || exit 1
      (SKIP_BUILD=1 SKIP_FULL=1 OUT=$O/gpu_check timeout 480 bash scripts/gpu_check.sh > "$O/gpu_check.txt" 2>&1) &
-     OUT=$O/deep EXTRA="--set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024" \
+     OUT=$O/deep EXTRA="--set encdec.enc_layers=4 --set encdec.dec_layers=4 --set encdec.ffn=1024 --set encdec.item_features=false" \
        bash scripts/beauty_job.sh "rqkmeans 0" "rqkmeans 1" "rqkmeans 2" "rqkmeans 0 --set encdec.item_features=true" \
        "rqkmeans 0 --set encdec.hidden=256" "rqkmeans 0 --set encdec.dropout=0.3"
      wait ;;
