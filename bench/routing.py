@@ -304,10 +304,11 @@ def stack_loss(route_fn: Callable[..., Any], x: torch.Tensor, params: Sequence[t
     s1, tok = Stage1Config(), CapsIDConfig()
     layers = [params[i:i + 3] for i in range(0, len(params), 3)]
 
-    def depth(W, b, D):  # the call forward_all_depths makes on a CapsuleLayer
-        return lambda r, **kw: route_fn(r, W, b, D, **kw)
+    def route_depth(depth, r, **kw):  # the call forward_all_depths makes on a CapsIDTokenizer
+        W, b, D = layers[depth]
+        return route_fn(r, W, b, D, last=depth == len(layers) - 1, **kw)
 
-    a = forward_all_depths(SimpleNamespace(layers=[depth(*wbd) for wbd in layers]), x, need_weights=True)
+    a = forward_all_depths(SimpleNamespace(layers=layers, route_depth=route_depth), x, need_weights=True)
     centres = [codebook_centres(b, D) for _, b, D in layers]
     l_spread = losses.spread_loss(centres, [w[a.reached[:, j]] for j, w in enumerate(a.weights)], s1.margin_start)
     return (s1.lambda_route * losses.route_loss(a.x0, a.x_hat) + s1.lambda_spread * l_spread

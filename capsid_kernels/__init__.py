@@ -4,7 +4,7 @@ Importing this package touches no GPU and compiles nothing; kernels load on firs
 """
 
 from .registry import BackendFallbackWarning, BackendUnavailable
-from .config import PRESETS, CapsIDConfig
+from .config import PRESETS, CapsIDConfig, ExecutionOptions, RoutingParams
 from .modules import CapsIDTokenizer, CapsuleLayer
 from .ops import route, squash, tokenize
 from .decode import SearchResult, TokenLayout, Trie, TrieError, beam_search, beam_step, build_trie
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendFallbackWarning", "BackendUnavailable", "CapsIDConfig", "CapsIDTokenizer", "CapsuleLayer", "PRESETS",
+    "ExecutionOptions", "RoutingParams",
     "RouteOutput", "StackOutput", "CONTINUE", "STOP_CONF", "STOP_RESID", "STOP_CAP", "PAD_TOKEN",
     "codebook_centres", "route", "squash", "tokenize", "__version__",
     "SearchResult", "TokenLayout", "Trie", "TrieError", "beam_search", "beam_step", "build_trie",

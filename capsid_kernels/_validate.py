@@ -4,13 +4,10 @@ Every message names the argument, what was expected and what came. The shape, dt
 and int32-limit checks read only tensor metadata, so they cost nothing on the GPU and never
 synchronise. The non-finite check (``check_finite``) reads values: one synchronisation, so
 the functional ops take it as an opt-in flag (``route(..., check_finite=True)``) and the
-modules turn it on by default (``CapsuleLayer(check_finite=True)``).
+modules turn it on by default (``ExecutionOptions.check_inputs``).
 """
 
 from __future__ import annotations
-
-import math
-import numbers
 
 import torch
 from torch import Tensor
@@ -18,6 +15,7 @@ from torch import Tensor
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 MODES = ("soft", "hard")
 PRECISIONS = ("exact", "tf32")
+_MODULE_SKIP = "ExecutionOptions(check_inputs=False)"
 
 
 def short(value: object, limit: int = 40) -> str:
@@ -39,21 +37,11 @@ def check_float(name: str, t: object) -> Tensor:
     return t
 
 
-def check_scalars(**values: object) -> None:
-    """eta, tau, eps of a routing call: finite real numbers (not bool), eta > 0. A NaN would
-    pass every comparison of the stop rule as False and give NaN residuals without an error."""
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"{name}: expected a finite number, got {short(v)}")
-    if "eta" in values and values["eta"] <= 0:
-        raise ValueError(f"eta: expected a residual step > 0, got {short(values['eta'])}")
-
-
-def check_route_args(r: object, W: object, b: object, D: object, rounds: int, mode: str, precision: str,
-                     check_finite_values: bool = False, **scalars: float) -> None:
+def check_route_args(r: object, W: object, b: object, D: object, precision: str,
+                     check_finite_values: bool = False) -> None:
     """Shapes r [N, d], W [K, d_c, d], b [K, d_c], D [d, d_c]; one dtype and one device; int32
-    limits; the scalars (eta, tau, eps) finite; with ``check_finite_values`` also NaN/Inf in
-    every tensor (one synchronisation)."""
+    limits; the precision; with ``check_finite_values`` also NaN/Inf in every tensor (one
+    synchronisation). The routing parameters were checked when their RoutingParams was made."""
     r, W, b, D = (check_float(n, t) for n, t in (("r", r), ("W", W), ("b", b), ("D", D)))
     if r.dim() != 2:
         raise ValueError(f"r: expected shape [N, d], got {tuple(r.shape)}")
@@ -70,13 +58,8 @@ def check_route_args(r: object, W: object, b: object, D: object, rounds: int, mo
             raise TypeError(f"{name}: expected the dtype of r ({r.dtype}), got {t.dtype}")
         if t.device != r.device:
             raise ValueError(f"{name}: expected the device of r ({r.device}), got {t.device}")
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-        raise ValueError(f"rounds: expected an integer >= 1, got {short(rounds)}")
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {MODES}, got {short(mode)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {short(precision)}")
-    check_scalars(**scalars)
     check_index_limits(r, W)
     if check_finite_values:
         check_finite(r=r, W=W, b=b, D=D)
@@ -125,8 +108,8 @@ def check_finite(**tensors: Tensor) -> None:
         if bad:
             if t.dim() == 0:
                 raise ValueError(f"{name}: expected a finite value, got {t.item()}; "
-                                 "pass check_finite=False to skip this check")
+                                 f"pass check_finite=False ({_MODULE_SKIP} in the modules) to skip this check")
             rows = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(dim=1)
             raise ValueError(f"{name}: row {int(rows.nonzero()[0, 0])} has a non-finite value (NaN or Inf), "
                              f"expected finite values ({int(rows.sum())} such rows along dim 0); "
-                             "pass check_finite=False to skip this check")
+                             f"pass check_finite=False ({_MODULE_SKIP} in the modules) to skip this check")

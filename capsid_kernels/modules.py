@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_finite
-from .config import CapsIDConfig
+from .config import CapsIDConfig, ExecutionOptions, RoutingParams
 from .ops import route, tokenize
 from .reference import RouteOutput, StackOutput, codebook_centres, stack_diagnostics
 
@@ -16,17 +16,17 @@ from .reference import RouteOutput, StackOutput, codebook_centres, stack_diagnos
 class CapsuleLayer(nn.Module):
     """One depth of routing: vote transforms W [K, d_c, d], biases b [K, d_c], decoder D [d, d_c].
 
-    ``check_finite`` rejects NaN/Inf residuals and parameters before routing (one device
-    synchronisation for all four tensors).
+    ``routing`` (a RoutingParams) is what it computes, ``execution`` (an ExecutionOptions) how:
+    ``execution.check_inputs`` rejects NaN/Inf residuals and parameters before routing (one
+    device synchronisation for all four tensors).
     Initialised so a unit residual gives votes of norm about 1 (W ~ N(0, 1/d_c)), capsule
     centres in distinct directions (b ~ N(0, 1/d_c)) and a norm-preserving decoder
     (orthonormal columns, the identity when d_c = d).
     """
 
     def __init__(
-        self, d: int, capsules: int, capsule_dim: int, *, rounds: int = 3, mode: str = "soft",
-        eta: float = 1.0, tau: float = 0.82, eps: float = 0.08, precision: str = "exact",
-        backend: str = "auto", check_finite: bool = True, generator: Optional[torch.Generator] = None,
+        self, d: int, capsules: int, capsule_dim: int, *, routing: RoutingParams = RoutingParams(),
+        execution: ExecutionOptions = ExecutionOptions(), generator: Optional[torch.Generator] = None,
         dtype: Optional[torch.dtype] = None, device=None,
     ) -> None:
         super().__init__()
@@ -34,8 +34,11 @@ class CapsuleLayer(nn.Module):
         self.W = nn.Parameter(torch.empty(capsules, capsule_dim, d, **kw))
         self.b = nn.Parameter(torch.empty(capsules, capsule_dim, **kw))
         self.D = nn.Parameter(torch.empty(d, capsule_dim, **kw))
-        self.rounds, self.mode, self.eta, self.tau, self.eps = rounds, mode, eta, tau, eps
-        self.precision, self.backend, self.check_finite = precision, backend, check_finite
+        if not isinstance(routing, RoutingParams):
+            raise TypeError(f"routing: expected a capsid_kernels.RoutingParams, got {type(routing).__name__}")
+        if not isinstance(execution, ExecutionOptions):
+            raise TypeError(f"execution: expected a capsid_kernels.ExecutionOptions, got {type(execution).__name__}")
+        self.routing, self.execution = routing, execution
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -49,13 +52,10 @@ class CapsuleLayer(nn.Module):
 
     def forward(self, r: Tensor, *, last: bool = False, need_weights: bool = False,
                 need_onorm: bool = False) -> RouteOutput:
-        """One routing layer; ``check_finite`` (on by default, one synchronisation) rejects NaN/Inf
-        in r and in the parameters W, b, D, naming the argument and its first bad row."""
-        return route(
-            r, self.W, self.b, self.D, rounds=self.rounds, mode=self.mode, eta=self.eta, tau=self.tau,
-            eps=self.eps, last=last, need_weights=need_weights, need_onorm=need_onorm,
-            precision=self.precision, backend=self.backend, check_finite=self.check_finite,
-        )
+        """One routing layer; ``execution.check_inputs`` (on by default, one synchronisation)
+        rejects NaN/Inf in r and in the parameters W, b, D, naming the argument and its first bad row."""
+        return route_layer(self, r, self.routing, self.execution, last=last, need_weights=need_weights,
+                           need_onorm=need_onorm)
 
     def centres(self) -> Tensor:
         """Codebook centres C_k = D squash(b_k), [K, d] (SPEC §3)."""
@@ -63,14 +63,24 @@ class CapsuleLayer(nn.Module):
 
     def extra_repr(self) -> str:
         k, dc, d = self.W.shape
-        return f"d={d}, capsules={k}, capsule_dim={dc}, rounds={self.rounds}, mode={self.mode}"
+        return f"d={d}, capsules={k}, capsule_dim={dc}, rounds={self.routing.rounds}, mode={self.routing.mode}"
+
+
+def route_layer(layer: CapsuleLayer, r: Tensor, routing: RoutingParams, execution: ExecutionOptions, *,
+                last: bool = False, need_weights: bool = False, need_onorm: bool = False) -> RouteOutput:
+    """``route`` through one layer's parameters with the given routing and execution options."""
+    return route(
+        r, layer.W, layer.b, layer.D, routing, last=last, need_weights=need_weights, need_onorm=need_onorm,
+        precision=execution.precision, backend=execution.backend, check_finite=execution.check_inputs,
+    )
 
 
 class CapsIDTokenizer(nn.Module):
     """The CAPSID tokenizer: L_max capsule layers with early stopping (SPEC §3).
 
     ``tokenize(x)`` returns padded SIDs, lengths, stop reasons, the reconstruction and
-    per-depth records; ``diagnostics(out)`` summarises them.
+    per-depth records; ``diagnostics(out)`` summarises them. Both ``tokenize`` and ``route_depth``
+    (Stage 1's all-depths forward) route with ``config.routing`` and ``config.execution``.
     """
 
     def __init__(self, config: CapsIDConfig = CapsIDConfig(), *, seed: Optional[int] = 0,
@@ -79,11 +89,8 @@ class CapsIDTokenizer(nn.Module):
         self.config = config
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.layers = nn.ModuleList(
-            CapsuleLayer(
-                config.d, k, config.capsule_dim, rounds=config.rounds, mode=config.mode, eta=config.eta,
-                tau=config.tau, eps=config.eps, precision=config.precision, backend=config.backend,
-                generator=generator, dtype=dtype, device=device,
-            )
+            CapsuleLayer(config.d, k, config.capsule_dim, routing=config.routing, execution=config.execution,
+                         generator=generator, dtype=dtype, device=device)
             for k in config.capsules_per_depth
         )
 
@@ -94,16 +101,22 @@ class CapsIDTokenizer(nn.Module):
             raise TypeError(f"x: expected a floating dtype (float32, bfloat16, float64), got {x.dtype}")
         if x.dim() != 2 or x.shape[-1] != self.config.d:
             raise ValueError(f"x: expected shape [N, d={self.config.d}], got {tuple(x.shape)}")
-        c = self.config
-        if c.check_inputs:  # NaN in a weight would give all-zero SIDs without a word (one sync for all)
+        ex = self.config.execution
+        if ex.check_inputs:  # NaN in a weight would give all-zero SIDs without a word (one sync for all)
             check_finite(**{f"layers[{i}].{n}": getattr(m, n) for i, m in enumerate(self.layers) for n in "WbD"})
         return tokenize(
-            x.to(self.layers[0].W.dtype), [(m.W, m.b, m.D) for m in self.layers], rounds=c.rounds,
-            mode=c.mode, eta=c.eta, tau=c.tau, eps=c.eps, need_weights=need_weights,
-            precision=c.precision, backend=c.backend, check_inputs=c.check_inputs,
+            x.to(self.layers[0].W.dtype), [(m.W, m.b, m.D) for m in self.layers], self.config.routing,
+            need_weights=need_weights, precision=ex.precision, backend=ex.backend, check_inputs=ex.check_inputs,
         )
 
     forward = tokenize
+
+    def route_depth(self, depth: int, r: Tensor, *, need_weights: bool = False,
+                    need_onorm: bool = False) -> RouteOutput:
+        """Depth ``depth``'s routing of residuals r with this tokenizer's config (the last depth stops
+        every item still going)."""
+        return route_layer(self.layers[depth], r, self.config.routing, self.config.execution,
+                           last=depth == len(self.layers) - 1, need_weights=need_weights, need_onorm=need_onorm)
 
     def diagnostics(self, out: StackOutput) -> dict:
         return stack_diagnostics(out, self.config.capsules_per_depth)

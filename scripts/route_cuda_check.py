@@ -61,11 +61,13 @@ def sanitize() -> int:
 
 def stages(out: pathlib.Path) -> int:
     import capsid_kernels as ck
+    from capsid_kernels.ops._route_common import op_scalars
     from capsid_kernels.ops.route_cuda import forward
     from harness import bench, env_info, make_row, write_rows
 
     env = env_info()
     rows = []
+    scalars = op_scalars(ck.RoutingParams())  # the default routing, as the op's scalar arguments
     cases = (("default", (256, 64, 128), "bf16", 65536), ("default", (256, 64, 128), "bf16", 262144),
              ("default", (256, 64, 128), "tf32", 262144), ("industrial", (1024, 96, 128), "bf16", 65536))
     for preset, (k, dc, d), prec, n in cases:
@@ -74,21 +76,10 @@ def stages(out: pathlib.Path) -> int:
         inputs = [_rows(n, d, dtype, seed=100 + i) for i in range(4)]
         variants = {
             "triton": lambda r: ck.route(r, W, b, D, precision="tf32" if tf32 else "exact", backend="triton"),
-            "cuda": lambda r: forward(r, W, b, D, 3, False, 1.0, 0.82, 0.08, False, False, False, tf32, 0),
-            "cuda-no-softmax": lambda r: forward(r, W, b, D, 3, False, 1.0, 0.82, 0.08, False, False, False,
-                                                 tf32, 1),
-            "cuda-no-mma": lambda r: forward(r, W, b, D, 3, False, 1.0, 0.82, 0.08, False, False, False,
-                                             tf32, 2),
-            "cuda-stream-only": lambda r: forward(r, W, b, D, 3, False, 1.0, 0.82, 0.08, False, False,
-                                                  False, tf32, 3),
-            "cuda-in-order": lambda r: forward(r, W, b, D, 3, False, 1.0, 0.82, 0.08, False, False, False,
-                                               tf32, 4),
-            "cuda-stream-in-order": lambda r: forward(r, W, b, D, 3, False, 1.0, 0.82, 0.08, False, False,
-                                                      False, tf32, 7),
-            "cuda-16-rows": lambda r: forward(r, W, b, D, 3, False, 1.0, 0.82, 0.08, False, False, False,
-                                              tf32, 8),
-            "cuda-16-rows-stream": lambda r: forward(r, W, b, D, 3, False, 1.0, 0.82, 0.08, False, False,
-                                                     False, tf32, 11),
+            **{name: (lambda r, skip=skip: forward(r, W, b, D, *scalars, False, False, False, tf32, skip))
+               for name, skip in (("cuda", 0), ("cuda-no-softmax", 1), ("cuda-no-mma", 2), ("cuda-stream-only", 3),
+                                  ("cuda-in-order", 4), ("cuda-stream-in-order", 7), ("cuda-16-rows", 8),
+                                  ("cuda-16-rows-stream", 11))},
         }
         for name, fn in variants.items():
             with torch.no_grad():

@@ -77,6 +77,7 @@ def _interpret_main() -> None:
     """Child process: every small case through the kernel, then the stack; prints one JSON line."""
     import itertools
 
+    from capsid_kernels import RoutingParams
     from capsid_kernels.reference import tokenize_stack
     from capsid_kernels.reference.routing import RouteOutput
     from capsid_kernels.triton.route_fwd import route_forward
@@ -103,9 +104,9 @@ def _interpret_main() -> None:
     for mode in ("soft", "hard"):
         layers = [make_layer(k, 7, 24, dtype=torch.float32, seed=10 + i) for i, k in enumerate((5, 17, 9))]
         x = unit_rows(130, 24, dtype=torch.float32, seed=7) * 3.0
-        kw = dict(rounds=2, mode=mode, eta=0.9, tau=0.3, eps=0.6, need_weights=True)
-        ref = tokenize_stack(x, layers, **kw)
-        got = tokenize_stack_triton(x, layers, chunk=50, **kw)  # chunks of 50: 130 = 50 + 50 + 30
+        routing = RoutingParams(rounds=2, mode=mode, eta=0.9, tau=0.3, eps=0.6)
+        ref = tokenize_stack(x, layers, routing, need_weights=True)
+        got = tokenize_stack_triton(x, layers, routing, need_weights=True, chunk=50)  # 130 = 50 + 50 + 30
         case = f"stack {mode}"
         try:
             assert torch.equal(got.sids, ref.sids), "sids differ"

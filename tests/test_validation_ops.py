@@ -31,7 +31,7 @@ def test_capsule_layer_checks_parameters_by_default():
         layer.b[3, 0] = float("inf")
     with pytest.raises(ValueError, match=r"b: row 3 has a non-finite value"):
         layer(unit_rows(5, 6))
-    layer.check_finite = False
+    layer.execution = ck.ExecutionOptions(check_inputs=False)
     layer(unit_rows(5, 6))  # the hot path skips it
 
 

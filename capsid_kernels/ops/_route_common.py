@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..config import RoutingParams
 from ..reference import RouteOutput, compute_dtype, route_reference
 from ._precision import matmul_precision
 
@@ -17,11 +18,20 @@ from ._precision import matmul_precision
 _OutTuple = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
+def op_scalars(routing: RoutingParams) -> tuple[int, bool, float, float, float]:
+    """(rounds, hard, eta, tau, eps): a RoutingParams as the routing ops' scalar arguments
+    (torch.library schemas take primitives). Built here and read back by ``op_routing`` only."""
+    return routing.rounds, routing.mode == "hard", float(routing.eta), float(routing.tau), float(routing.eps)
+
+
+def op_routing(rounds: int, hard: bool, eta: float, tau: float, eps: float) -> RoutingParams:
+    """``op_scalars``' inverse, inside an op."""
+    return RoutingParams(rounds=rounds, mode="hard" if hard else "soft", eta=eta, tau=tau, eps=eps)
+
+
 def _reference(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm) -> RouteOutput:
-    return route_reference(
-        r, W, b, D, rounds=rounds, mode="hard" if hard else "soft", eta=eta, tau=tau, eps=eps,
-        last=last, need_weights=need_weights, need_onorm=need_onorm,
-    )
+    return route_reference(r, W, b, D, op_routing(rounds, hard, eta, tau, eps), last=last,
+                           need_weights=need_weights, need_onorm=need_onorm)
 
 
 def route_fake(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm, tf32) -> _OutTuple:

@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 
 from .._validate import check_route_args
+from ..config import RoutingParams, routing_params
 from ..reference import RouteOutput, compute_dtype
 from ..registry import dispatch
 from ._precision import matmul_precision
-from ._route_common import _backward, _OutTuple, _reference, _setup, route_fake
+from ._route_common import _backward, _OutTuple, _reference, _setup, op_scalars, route_fake
 
 
 @torch.library.custom_op("capsid::route_eager", mutates_args=())
@@ -147,29 +148,29 @@ def route(
     W: Tensor,
     b: Tensor,
     D: Tensor,
+    routing: RoutingParams = RoutingParams(),
     *,
-    rounds: int = 3,
-    mode: str = "soft",
-    eta: float = 1.0,
-    tau: float = 0.82,
-    eps: float = 0.08,
     last: bool = False,
     need_weights: bool = False,
     need_onorm: bool = False,
     precision: str = "exact",
     backend: str = "auto",
     check_finite: bool = False,
+    **routing_keywords,
 ) -> RouteOutput:
     """One CAPSID routing layer for N items (SPEC §2), differentiable in r, W, b and D.
 
     r [N, d], W [K, d_c, d], b [K, d_c], D [d, d_c], one dtype (float64, float32, bfloat16)
-    and one device. ``last`` marks the final depth (stop reason CAP for items still going).
+    and one device. ``routing``: a ``RoutingParams`` (rounds, mode, eta, tau, eps); its fields
+    may also be given as keywords (``route(r, W, b, D, tau=0.9)``), which replace those of
+    ``routing``. ``last`` marks the final depth (stop reason CAP for items still going).
     ``precision="tf32"`` lets float32 matmuls use tf32 on the GPU. Returns a ``RouteOutput``.
     ``check_finite=True`` rejects NaN/Inf in r, W, b and D, naming the argument and row (one
     device synchronisation, so off by default in this hot path; ``CapsuleLayer`` turns it on).
     """
-    check_route_args(r, W, b, D, rounds, mode, precision, check_finite, eta=eta, tau=tau, eps=eps)
-    name = resolve_backend(backend, r, W, rounds)
+    routing = routing_params(routing, routing_keywords)
+    check_route_args(r, W, b, D, precision, check_finite)
+    name = resolve_backend(backend, r, W, routing.rounds)
     if name == "cuda":
         from .route_cuda import route_cuda as op  # the C++ kernel's custom op (csrc/route_fwd.cu)
     else:
@@ -179,10 +180,8 @@ def route(
     # the kernels take r's dtype as given (SPEC §2: float32 softmax and accumulation); an
     # enclosing autocast region must not turn their internal products into bfloat16
     with torch.autocast(r.device.type, enabled=False):
-        outs = op(
-            r, W, b, D, rounds, mode == "hard", float(eta), float(tau), float(eps), bool(last),
-            bool(need_weights), bool(need_onorm), precision == "tf32",
-        )
+        outs = op(r, W, b, D, *op_scalars(routing), bool(last), bool(need_weights), bool(need_onorm),
+                  precision == "tf32")
     q, residual, recon, weights, onorm, token, reason = outs[:7]
     return RouteOutput(token, q, residual, recon, reason, weights if need_weights else None,
                        onorm if need_onorm else None)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .squash import compute_dtype, squash
-from .._validate import short
+from ..config import RoutingParams, routing_params
 
 # Stop reasons (SPEC §3). CONTINUE means the item goes on to the next depth.
 CONTINUE, STOP_CONF, STOP_RESID, STOP_CAP = 0, 1, 2, 3
@@ -54,26 +54,22 @@ def route_reference(
     W: Tensor,
     b: Tensor,
     D: Tensor,
+    routing: RoutingParams = RoutingParams(),
     *,
-    rounds: int = 3,
-    mode: str = "soft",
-    eta: float = 1.0,
-    tau: float = 0.82,
-    eps: float = 0.08,
     last: bool = False,
     need_weights: bool = False,
     need_onorm: bool = False,
+    **routing_keywords,
 ) -> RouteOutput:
     """One routing layer (SPEC §2) in float32 (float64 for float64 inputs).
 
+    ``routing`` (rounds, mode, eta, tau, eps), whose fields keywords may replace, as in ``route``.
     Inputs are upcast before any arithmetic, so a bfloat16 input is treated as the exact
     values it holds: the same products a tensor core forms, accumulated in float32.
     Differentiable in r, W, b and D; the token and stop reason are not.
     """
-    if mode not in ("soft", "hard"):
-        raise ValueError(f"mode: expected 'soft' or 'hard', got {short(mode)}")
-    if rounds < 1:
-        raise ValueError(f"rounds: expected an integer >= 1, got {rounds}")
+    routing = routing_params(routing, routing_keywords)
+    rounds, mode, eta, tau, eps = routing.rounds, routing.mode, routing.eta, routing.tau, routing.eps
     cd = compute_dtype(r.dtype)
     rc, Wc, bc, Dc = (t.to(cd) for t in (r, W, b, D))
     n, k = rc.shape[0], Wc.shape[0]

@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..config import RoutingParams, routing_params
 from .routing import CONTINUE, STOP_CAP, STOP_CONF, STOP_RESID, RouteOutput, route_reference
 from .squash import compute_dtype
 
@@ -82,21 +83,21 @@ RouteFn = Callable[..., RouteOutput]
 def tokenize_stack(
     x: Tensor,
     layers: Sequence[tuple[Tensor, Tensor, Tensor]],
+    routing: RoutingParams = RoutingParams(),
     *,
-    rounds: int = 3,
-    mode: str = "soft",
-    eta: float = 1.0,
-    tau: float = 0.82,
-    eps: float = 0.08,
     need_weights: bool = False,
     route_fn: RouteFn = route_reference,
     check_inputs: bool = True,
+    **routing_keywords,
 ) -> StackOutput:
     """Tokenize N item vectors with ``len(layers)`` = L_max depths of (W, b, D).
 
+    ``routing`` is passed whole to ``route_fn(r, W, b, D, routing, last=..., ...)`` at every depth;
+    keywords may replace its fields, as in ``route``.
     Items that stop leave the batch (compaction); every depth's outputs are scattered
     back to item order. Differentiable in x and every depth's parameters.
     """
+    routing = routing_params(routing, routing_keywords)
     if check_inputs:
         check_item_vectors(x)
     if len(layers) == 0:
@@ -116,10 +117,7 @@ def tokenize_stack(
     depths = []
     for depth, (W, b, D) in enumerate(layers):
         last = depth == l_max - 1
-        out = route_fn(
-            r, W, b, D, rounds=rounds, mode=mode, eta=eta, tau=tau, eps=eps, last=last,
-            need_weights=need_weights, need_onorm=True,
-        )
+        out = route_fn(r, W, b, D, routing, last=last, need_weights=need_weights, need_onorm=True)
         prev_norm = torch.linalg.vector_norm(r.to(cd), dim=-1)
         res_c = out.residual.to(cd)
         res_norm = torch.linalg.vector_norm(res_c, dim=-1)

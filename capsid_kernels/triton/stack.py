@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..config import RoutingParams
 from ..reference.routing import CONTINUE
 from ..reference.stack import PAD_TOKEN, DepthOutput, StackOutput, normalise
 from .route_fwd import pack_layer, route_stack_depth, tile_config
@@ -46,12 +47,8 @@ def _records(m: int, k: int, need_weights: bool, device) -> dict:
 def tokenize_stack_triton(
     x: Tensor,
     layers: Sequence[tuple[Tensor, Tensor, Tensor]],
+    routing: RoutingParams,
     *,
-    rounds: int = 3,
-    mode: str = "soft",
-    eta: float = 1.0,
-    tau: float = 0.82,
-    eps: float = 0.08,
     need_weights: bool = False,
     tf32: bool = False,
     chunk: Optional[int] = None,
@@ -60,7 +57,7 @@ def tokenize_stack_triton(
     """Same outputs as ``reference.tokenize_stack`` (x already checked; float32 or bfloat16 on CUDA)."""
     n, d = x.shape
     dev, l_max = x.device, len(layers)
-    hard = mode == "hard"
+    rounds, hard, eta, tau, eps = routing.rounds, routing.mode == "hard", routing.eta, routing.tau, routing.eps
     params = []
     for W, b, D in layers:
         W, b, D = W.detach().contiguous(), b.detach().contiguous(), D.detach().contiguous()

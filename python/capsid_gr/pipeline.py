@@ -419,11 +419,12 @@ def not_first_in_leaf(items, popularity: np.ndarray, targets: np.ndarray) -> flo
     return float(np.mean([first[int(group[x])] != int(x) for x in t])) if len(t) else float("nan")
 
 
-def run_anchor(name: str, seed: int, data, args, device) -> dict:
-    """One anchor row (SPEC §8) on the same split, metrics and tiers as the generative rows."""
+def run_anchor(name: str, seed: int, data, args, device, x: np.ndarray | None = None) -> dict:
+    """One anchor row (SPEC §8) on the same split, metrics and tiers as the generative rows;
+    `knn` ranks by the item vectors `x`."""
     import torch
 
-    from .anchors import MarkovConfig, SASRec, SASRecConfig, SASRecRecommender, fit_markov
+    from .anchors import ItemKNNRecommender, MarkovConfig, SASRec, SASRecConfig, SASRecRecommender, fit_markov
     from .eval.evaluate import evaluate
     from .stage2.fit import FitConfig, fit_sequential
 
@@ -439,6 +440,10 @@ def run_anchor(name: str, seed: int, data, args, device) -> dict:
         mcfg = MarkovConfig(**{**preset["markov"], **({"order": 1} if name == "markov1" else {})})
         rec, info = fit_markov(data.n_items, split.train, pop, split.valid.histories(), split.valid.target, mcfg.order)
         info["markov"] = dataclasses.asdict(mcfg)
+    elif name == "knn":
+        if x is None:
+            raise ValueError("run_anchor('knn'): needs the item vectors x [n_items, d], got None")
+        rec = ItemKNNRecommender(x, pop, device)
     elif name == "sasrec":
         torch.manual_seed(seed)
         scfg = SASRecConfig(**{"max_len": fcfg.max_history, **preset["sasrec"]})
@@ -450,7 +455,7 @@ def run_anchor(name: str, seed: int, data, args, device) -> dict:
                 "stage2_stopped_by": res.stopped_by, "val_recall@10": res.best_val.get("recall@10"),
                 "val_ndcg@10": res.best_val.get("ndcg@10"), "sasrec": scfg.to_dict(), "fit": fcfg.to_dict()}
     else:
-        raise ValueError(f"--anchors: unknown {short(name)}; choose from markov, markov1, sasrec")
+        raise ValueError(f"--anchors: unknown {short(name)}; choose from markov, markov1, sasrec, knn")
     t1 = time.perf_counter()
     metrics = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
                        num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
@@ -502,8 +507,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--tokenizer", nargs="*", default=["capsid"], type=_tokenizer_name, metavar="NAME",
                    help=f"one or more of: {', '.join(VARIANTS)} (aliases: "
                         f"{', '.join(f'{a}={b}' for a, b in ALIASES.items())}; default capsid)")
-    p.add_argument("--anchors", nargs="*", default=[], choices=["markov", "markov1", "sasrec"],
-                   help="anchor rows in the same table (SPEC §8): markov (back-off), markov1, sasrec")
+    p.add_argument("--anchors", nargs="*", default=[], choices=["markov", "markov1", "sasrec", "knn"],
+                   help="anchor rows in the same table (SPEC §8): markov (back-off), markov1, sasrec, knn (the "
+                        "last item's nearest neighbours by the item vectors)")
     p.add_argument("--generator", choices=["encdec", "decoder"], default=None,
                    help="generator (default: the preset's generator_kind)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -567,7 +573,7 @@ def run(args) -> int:
     rows = []
     for anchor in dict.fromkeys(args.anchors):
         for seed in args.seeds:
-            r = run_anchor(anchor, seed, data, args, device)
+            r = run_anchor(anchor, seed, data, args, device, x)
             rows.append(r)
             print(f"{anchor} seed {seed}: Recall@10 {r['recall@10']:.4f} NDCG@10 {r['ndcg@10']:.4f} "
                   f"({r['seconds']['total']:.0f} s)", flush=True)

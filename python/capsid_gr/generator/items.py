@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from capsid_kernels import RoutingParams
+
 PAD, BOS, EOS = 0, 1, 2
 FIRST_CODE = 3
 NO_TOKEN = -1
@@ -24,14 +26,12 @@ NO_TOKEN = -1
 
 @dataclass
 class RoutingSource:
-    """Frozen CAPSID stack for soft history inputs (SPEC §6): per depth (W, b, D), the routing
-    settings, and the item vectors x [N, d] the stack routes."""
+    """Frozen CAPSID stack for soft history inputs (SPEC §6): per depth (W, b, D), the tokenizer's
+    RoutingParams, and the item vectors x [N, d] the stack routes."""
 
     layers: list[tuple[Tensor, Tensor, Tensor]]
     x: Tensor
-    rounds: int = 3
-    mode: str = "soft"
-    eta: float = 1.0
+    routing: RoutingParams = field(default_factory=RoutingParams)
 
 
 @dataclass
@@ -182,7 +182,7 @@ def from_capsid(tokenizer, x: Tensor, sids: Tensor, merges=None, merge_logit: Op
         c = tokenizer.config
         routing = RoutingSource(layers=[(m.W.detach().float().cpu().clone(), m.b.detach().float().cpu().clone(),
                                          m.D.detach().float().cpu().clone()) for m in tokenizer.layers],
-                                x=x.detach().float().cpu(), rounds=c.rounds, mode=c.mode, eta=c.eta)
+                                x=x.detach().float().cpu(), routing=c.routing)
     logit = np.zeros(len(pairs)) if merge_logit is None else np.asarray(merge_logit, dtype=np.float64)
     return ItemTokenization(paths=paths, vocab_size=base_vocab + len(pairs) + n_dedup, token_init=init,
                             has_init=has, capsules=ks, base_sids=base, merges=pairs, merge_logit=logit,

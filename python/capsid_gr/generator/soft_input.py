@@ -31,7 +31,7 @@ class RoutingAdapter(nn.Module):
         src = items.routing
         if src is None:
             raise ValueError(f"{items.name}: no RoutingSource, so there is nothing to adapt")
-        self.rounds, self.mode, self.eta = src.rounds, src.mode, src.eta
+        self.routing = src.routing
         g = torch.Generator().manual_seed(seed + 104_729)
         self.U = nn.ParameterList()
         self.V = nn.ParameterList()
@@ -64,8 +64,7 @@ class RoutingAdapter(nn.Module):
             # routing runs in float32 even inside the generator's autocast region (SPEC §2)
             with torch.autocast(r.device.type, enabled=False):
                 W_eff = W + (self.U[depth].float() @ self.V[depth].float().t()).view_as(W)
-                o = ck.route(r, W_eff, b, D, rounds=self.rounds, mode=self.mode, eta=self.eta, need_weights=True,
-                             precision=self.precision)
+                o = ck.route(r, W_eff, b, D, self.routing, need_weights=True, precision=self.precision)
             out.append((rows, o.weights))
             r = o.residual
         return out

@@ -99,8 +99,7 @@ def data_init(tokenizer: ck.CapsIDTokenizer, x: Tensor, cfg: InitConfig = InitCo
         rms = torch.sqrt(((r @ p.T) ** 2).sum(1).mean()).clamp(min=1e-6)
         w = (cfg.gain / rms) * p.expand(k, dc, d)
         eye = torch.eye(dc, dtype=torch.float64, device=dev)
-        o = ck.route(r, w.contiguous(), b, p.T.contiguous(), rounds=c.rounds, mode=c.mode, need_weights=True,
-                     backend="eager")
+        o = ck.route(r, w.contiguous(), b, p.T.contiguous(), c.routing, need_weights=True, backend="eager")
         votes = (r @ w[0].T)[:, None, :] + b  # [n, K, dc]: every capsule shares W at init
         if c.mode == "soft":
             y = torch.einsum("nk,nkc->nc", o.weights, ck.squash(votes))
@@ -111,8 +110,8 @@ def data_init(tokenizer: ck.CapsIDTokenizer, x: Tensor, cfg: InitConfig = InitCo
         layer.W.copy_(w.to(layer.W.dtype))
         layer.b.copy_(b.to(layer.b.dtype))
         layer.D.copy_(dec.to(layer.D.dtype))
-        out = ck.route(r, w.contiguous(), b, dec.contiguous(), rounds=c.rounds, mode=c.mode, eta=c.eta, tau=c.tau,
-                       eps=c.eps, last=depth == len(tokenizer.layers) - 1, need_weights=True, backend="eager")
+        out = ck.route(r, w.contiguous(), b, dec.contiguous(), c.routing, last=depth == len(tokenizer.layers) - 1,
+                       need_weights=True, backend="eager")
         summary.append({"depth": depth + 1, "items": int(r.shape[0]), "beta": cfg.beta(depth),
                         "mean_winner_weight": float(out.weights.max(1).values.mean()),
                         "confidence_stop": float((out.stop_reason == ck.STOP_CONF).double().mean()),

@@ -40,7 +40,7 @@ def forward_all_depths(tokenizer: ck.CapsIDTokenizer, x: Tensor, *, need_weights
     n, l_max = x.shape[0], len(tokenizer.layers)
     tokens, confs, norms, recons, reasons, weights = [], [], [], [], [], []
     for depth, layer in enumerate(tokenizer.layers):
-        out = layer(r, last=depth == l_max - 1, need_weights=need_weights)
+        out = tokenizer.route_depth(depth, r, need_weights=need_weights)
         tokens.append(out.token)
         confs.append(out.confidence)
         norms.append(torch.linalg.vector_norm(out.residual, dim=-1))
