@@ -115,22 +115,25 @@ def test_short_stage1_lowers_route_loss_and_raises_utilisation(tmp_path):
     assert len(log) == 4 and '"train_route"' in log[0] and '"val_route"' in log[0]
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_after_first(record):
+    """An `on_epoch_end` that interrupts a run once epoch 0's checkpoint is written."""
+    if record["epoch"] == 0:
+        raise _Interrupt
+
+
 def test_checkpoint_resumes_to_the_same_state(tmp_path):
     data, x, w = _synthetic()
     cfg = Stage1Config(epochs=3, batch_size=128, val_fraction=0.1)
     straight = _small_tokenizer(seed=5)
     train_stage1(straight, x, w, cfg, out_dir=tmp_path / "a", show_progress=False)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_first(record):
-        if record["epoch"] == 0:
-            raise Interrupt
-
     resumed = _small_tokenizer(seed=5)
-    with pytest.raises(Interrupt):
-        train_stage1(resumed, x, w, cfg, out_dir=tmp_path / "b", show_progress=False, on_epoch_end=stop_after_first)
+    with pytest.raises(_Interrupt):
+        train_stage1(resumed, x, w, cfg, out_dir=tmp_path / "b", show_progress=False, on_epoch_end=_stop_after_first)
     tensors, meta = load_checkpoint(tmp_path / "b" / "stage1.safetensors")
     assert meta["epoch"] == 0 and any(k.startswith("opt.") for k in tensors)
     fresh = _small_tokenizer(seed=99)  # different init: everything must come from the checkpoint
@@ -165,18 +168,25 @@ def test_resume_accepts_another_backend_and_refuses_other_routing(tmp_path):
 
     _, x, w = _synthetic()
     tok = _small_tokenizer()
-    res1 = train_stage1(tok, x, w, Stage1Config(epochs=1, batch_size=128), out_dir=tmp_path / "a",
-                        show_progress=False)
-    assert len(res1.history) == 1
-    # same routing, other execution options: the run resumes after epoch 0 (no refusal, one new epoch)
-    c = dataclasses.replace(tok.config, backend="eager", check_inputs=not tok.config.check_inputs)
-    meta_cfg = Stage1Config(epochs=1, batch_size=128)
-    res = train_stage1(ck.CapsIDTokenizer(c, seed=5), x, w, meta_cfg, out_dir=tmp_path / "a", show_progress=False)
-    assert [h["epoch"] for h in res.history] == [0]  # resumed: nothing left to train, not retrained
-    # other routing (tau): refused
+    cfg = Stage1Config(epochs=2, batch_size=128)
+
+    with pytest.raises(_Interrupt):
+        train_stage1(_small_tokenizer(), x, w, cfg, out_dir=tmp_path / "a", show_progress=False,
+                     on_epoch_end=_stop_after_first)
+    # same routing, other execution options (backend, precision, checks): resumes after epoch 0
+    # and ends where the uninterrupted run ends (on the CPU every backend here is the reference)
+    c = dataclasses.replace(tok.config, backend="eager", precision="tf32", check_inputs=not tok.config.check_inputs)
+    resumed = ck.CapsIDTokenizer(c, seed=99)  # another init: everything must come from the checkpoint
+    res = train_stage1(resumed, x, w, cfg, out_dir=tmp_path / "a", show_progress=False)
+    assert [h["epoch"] for h in res.history] == [0, 1]
+    train_stage1(tok, x, w, cfg, out_dir=tmp_path / "straight", show_progress=False)
+    for (name, p), q in zip(tok.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+    # other routing (tau): refused, naming the field and both values
     c = dataclasses.replace(tok.config, tau=tok.config.tau / 2)
-    with pytest.raises(ValueError, match="other settings or data"):
-        train_stage1(ck.CapsIDTokenizer(c, seed=5), x, w, meta_cfg, out_dir=tmp_path / "a", show_progress=False)
+    with pytest.raises(ValueError, match=rf"other settings or data \(tokenizer tau: checkpoint {tok.config.tau}, "
+                                         rf"this run {tok.config.tau / 2}\)"):
+        train_stage1(ck.CapsIDTokenizer(c, seed=5), x, w, cfg, out_dir=tmp_path / "a", show_progress=False)
     # an old checkpoint header (every field, execution options included) compares on the identity only
     assert _tokenizer_identity({**tok.config.to_dict(), "backend": "cuda"}, tok.config) == tok.config.identity()
     assert _tokenizer_identity(None, tok.config) is None

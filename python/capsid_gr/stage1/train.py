@@ -46,7 +46,7 @@ from .init import InitConfig, data_init
 from .checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer, save_checkpoint,
                          write_atomic)
 from ..distributed.gather import gather_forward
-from ..checks import check_config
+from ..checks import check_config, short
 
 
 def _tokenizer_identity(stored: Optional[dict], config) -> Optional[dict]:
@@ -56,6 +56,30 @@ def _tokenizer_identity(stored: Optional[dict], config) -> Optional[dict]:
     if not isinstance(stored, dict):
         return None
     return {k: stored.get(k) for k in config.identity()}
+
+
+def _differences(stored: dict, now: dict, limit: int = 3) -> str:
+    keys = [k for k in now if stored.get(k) != now[k]] or sorted(set(stored) - set(now))
+    parts = [f"{k}: checkpoint {short(stored.get(k))}, this run {short(now.get(k))}" for k in keys[:limit]]
+    return "; ".join(parts) + (f"; {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _resume_mismatch(meta: dict, cfg: "Stage1Config", x_digest: str, config) -> Optional[str]:
+    """Why a checkpoint cannot resume this run (None: it can): the Stage-1 settings, the item
+    vectors, or the tokenizer's identity (`CapsIDConfig.identity()`: shape and routing, not the
+    execution options) differ; the first differing fields are named."""
+    settings = json.loads(json.dumps(cfg.to_dict()))
+    if meta.get("config") != settings:
+        return "Stage-1 " + _differences(meta.get("config") or {}, settings)
+    if meta.get("vectors") != x_digest:
+        return "other item vectors"
+    identity = json.loads(json.dumps(config.identity()))
+    stored = _tokenizer_identity(meta.get("tokenizer_config"), config)
+    if stored is None:
+        return "no tokenizer config stored"
+    if stored != identity:
+        return "tokenizer " + _differences(stored, identity)
+    return None
 
 
 @dataclass(frozen=True)
@@ -128,11 +152,9 @@ def split_items(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]
 @torch.no_grad()
 def tokenize_items(tokenizer: ck.CapsIDTokenizer, x: Tensor, batch_size: int = 4096) -> ck.StackOutput:
     """Inference SIDs through the compacting stack (capsid_kernels.tokenize)."""
-    c = tokenizer.config
-    return ck.tokenize(
-        x, [(m.W, m.b, m.D) for m in tokenizer.layers], rounds=c.rounds, mode=c.mode, eta=c.eta,
-        tau=c.tau, eps=c.eps, precision=c.precision, backend=c.backend, batch_size=batch_size,
-    )
+    ex = tokenizer.config.execution
+    return ck.tokenize(x, [(m.W, m.b, m.D) for m in tokenizer.layers], tokenizer.config.routing,
+                       precision=ex.precision, backend=ex.backend, batch_size=batch_size)
 
 
 def reconstruction_error(x: Tensor, out: ck.StackOutput) -> float:
@@ -216,9 +238,9 @@ def train_stage1(
     if ckpt is not None and resume and ckpt.is_file():
         x = x.to(torch.float32)
         tensors, meta = load_checkpoint(ckpt)
-        if (meta.get("config") != json.loads(json.dumps(cfg.to_dict())) or meta.get("vectors") != _digest(x)
-                or _tokenizer_identity(meta.get("tokenizer_config"), c) != json.loads(json.dumps(c.identity()))):
-            raise ValueError(f"{ckpt}: checkpoint was written with other settings or data; "
+        why = _resume_mismatch(meta, cfg, _digest(x), c)
+        if why:
+            raise ValueError(f"{ckpt}: checkpoint was written with other settings or data ({why}); "
                              "use another output directory or --no-resume")
         _load_state(tokenizer, gate, tensors, "")
         best_state = {k: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
