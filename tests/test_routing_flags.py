@@ -1,4 +1,4 @@
-"""--rounds/--tau/--eps/--eta: one set of routing flags for `capsid encode` and `capsid tokenize`, each
+"""--rounds/--mode/--tau/--eps/--eta: one set of routing flags for every command that builds a CAPSID tokenizer, each
 reaching the CapsIDConfig it builds, each checked before any work (issue 17)."""
 
 from __future__ import annotations
@@ -47,3 +47,25 @@ def test_bad_routing_values_are_refused_before_any_work(tmp_path, capsys, cmd, f
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_every_command_that_builds_a_capsid_tokenizer_takes_the_same_routing_flags():
+    parser = build_parser()
+    flags = ["--rounds", "2", "--mode", "hard", "--tau", "0.9", "--eps", "0.2", "--eta", "0.8"]
+    for cmd in (["encode"], ["tokenize"], ["run"], ["pipeline"], ["distributed", "bench"]):
+        args = parser.parse_args(cmd)
+        assert all(getattr(args, f) is None for f in ("rounds", "mode", "tau", "eps", "eta")), cmd
+        args = parser.parse_args([*cmd, *flags])
+        assert (args.rounds, args.mode, args.tau, args.eps, args.eta) == (2, "hard", 0.9, 0.2, 0.8), cmd
+
+
+def test_pipeline_routing_flags_reach_the_tokenizer_settings_after_set(tmp_path, capsys):
+    from capsid_gr import pipeline
+
+    args = build_parser().parse_args(["pipeline", "--set", "tokenizer.tau=0.5", "--tau", "0.7", "--rounds", "1"])
+    tok = pipeline.preset_settings(args)["tokenizer"]
+    assert (tok["tau"], tok["rounds"]) == (0.7, 1)  # the flag wins over --set, as it is the more specific
+    assert ck.CapsIDConfig(d=4, **tok).routing == ck.RoutingParams(rounds=1, tau=0.7)
+    rc = main(["pipeline", "--tau", "nan", "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 2 and "tau: expected a finite number, got nan" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

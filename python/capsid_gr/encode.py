@@ -30,7 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=_at_least_one, default=100_000, help="number of synthetic vectors (default 100000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="default", help="tokenizer preset: default or industrial")
-    p.add_argument("--mode", default="soft", choices=("soft", "hard"))
     add_routing_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float64"))
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from .vectors import load_vector_file
 
     routing = routing_overrides(args)
-    ck.CapsIDConfig.preset(args.preset, d=1, mode=args.mode, backend=args.backend, **routing)  # checked before any work
+    ck.CapsIDConfig.preset(args.preset, d=1, backend=args.backend, **routing)  # checked before any work
     if args.json:
         from pathlib import Path
 
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         x = synthetic_item_vectors(args.items, seed=args.seed, device=device)
         source = f"{args.items} synthetic vectors (seed {args.seed})"
-    config = ck.CapsIDConfig.preset(args.preset, d=x.shape[1], mode=args.mode, backend=args.backend, **routing)
+    config = ck.CapsIDConfig.preset(args.preset, d=x.shape[1], backend=args.backend, **routing)
     tokenizer = ck.CapsIDTokenizer(config, seed=args.seed).to(device=device, dtype=dtype)
     print(f"encoding {x.shape[0]} items of dimension {x.shape[1]} from {source}; preset {args.preset}, "
           f"{dtype} on {device}, tokenizer freshly initialised (seed {args.seed})")
@@ -73,9 +72,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with torch.no_grad(), tqdm(total=x.shape[0], unit="item", desc="encode", disable=args.quiet) as bar:
         out = ck.tokenize(
-            x, [(m.W, m.b, m.D) for m in tokenizer.layers], rounds=config.rounds, mode=config.mode, eta=config.eta,
-            tau=config.tau, eps=config.eps, precision=config.precision, backend=config.backend,
-            batch_size=args.batch_size, progress=bar.update,
+            x, [(m.W, m.b, m.D) for m in tokenizer.layers], config.routing, precision=config.precision,
+            backend=config.backend, batch_size=args.batch_size, progress=bar.update,
         )
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -25,6 +25,7 @@ import numpy as np
 from .atomic import writable_folder, write_text_atomic
 from .checks import short
 from .jobs.tokenizers import ALIASES, BASELINES, DISAMBIGUATED, TOKENIZERS, canonical, capsid_variant
+from .routing_flags import add_routing_arguments, routing_overrides
 
 VARIANTS = TOKENIZERS
 """The tokenizer names: capsid_gr.jobs.tokenizers' registry, the same as `capsid tokenize`'s
@@ -139,6 +140,12 @@ def preset_settings(args) -> dict:
         if field not in known:
             raise ValueError(f"--set {section}.{field if len(field) <= 40 else short(field)}: unknown field; {section} has {', '.join(sorted(known))}")
         preset[section][field] = value
+    routing = routing_overrides(args)  # --rounds/--mode/--tau/--eps/--eta, as in `capsid tokenize`
+    if routing:
+        import capsid_kernels as ck
+
+        ck.RoutingParams(**routing)  # a bad flag fails here, named, before any work
+        preset["tokenizer"].update(routing)
     for section in dict.fromkeys(sec for sec, _, _ in getattr(args, "set", None) or ()):
         try:  # every overridden section is checked whole now, before any data is read or model trained
             _section_class(section)(**preset[section])
@@ -521,6 +528,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--set", action="append", type=parse_override, metavar="SECTION.FIELD=VALUE",
                    help="override one preset setting, e.g. --set stage2.patience=5 --set tokenizer.capsules=128 "
                         "(repeatable)")
+    add_routing_arguments(p)
     p.add_argument("--beams", type=int, default=50)
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     p.add_argument("--device", default="auto")

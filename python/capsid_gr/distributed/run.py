@@ -17,6 +17,8 @@ import json
 import sys
 import time
 
+from ..routing_flags import add_routing_arguments, routing_overrides
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="dist_command", required=True)
@@ -34,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--eval-batch", type=int, default=64)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", default="distributed_bench.jsonl", help="rank 0 appends a JSON line here")
+    add_routing_arguments(b)
     b.set_defaults(dist_func=bench)
 
 
@@ -60,7 +63,8 @@ def bench(args: argparse.Namespace, dist) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.items, args.dim, generator=g)
     tok = ck.CapsIDTokenizer(ck.CapsIDConfig(d=args.dim, capsules=args.capsules, capsule_dim=32,
-                                             max_length=args.depth), seed=args.seed).to(dist.device)
+                                             max_length=args.depth, **routing_overrides(args)),
+                             seed=args.seed).to(dist.device)
     _sync(dist)
     t0 = time.perf_counter()
     out = tokenize_sharded(tok, x, dist, batch_size=args.tokenize_batch)

@@ -56,7 +56,7 @@ class TokenizeSettings:
     show_progress: bool = True
     hamr: bool = False  # `--hamr`: add HaMR to every CAPSID variant's Stage 1 and to RQ-VAE
     threads: Optional[int] = None  # torch CPU threads for RQ-VAE (None: 1, faster for its tiny ops)
-    routing: dict = dataclasses.field(default_factory=dict)  # --rounds/--tau/--eps/--eta given on the command line
+    routing: dict = dataclasses.field(default_factory=dict)  # the routing flags given (--rounds --mode --tau ...)
 
 
 def _write_json(path: Path, obj) -> None:
