@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from capsid_gr.atomic import write_text_atomic  # noqa: E402
 from capsid_gr.pipeline import results_table  # noqa: E402
 
-ORDER = ("markov1", "markov", "sasrec", "rqkmeans", "gaoq", "rqvae", "rqvae-hamr", "capsid", "capsid-dedup", "capsid-nobpe", "capsid-hard",
+ORDER = ("markov1", "markov", "knn", "sasrec", "rqkmeans", "gaoq", "rqvae", "rqvae-hamr", "capsid", "capsid-dedup", "capsid-nobpe", "capsid-hard",
          "capsid-t1", "capsid-len2", "capsid-len4", "capsid-nospread", "capsid-freqbpe", "capsid-hamr")
 KEEP = ("variant", "seed", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "code_recall@50", "head_recall@10",
         "torso_recall@10", "tail_recall@10", "cold_recall@10", "mean_length", "latency_ms_per_query",

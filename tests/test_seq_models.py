@@ -268,3 +268,27 @@ def test_training_and_decoding_run_without_cudnn_attention(data):
     model.encode = lambda items: (seen.append(torch.backends.cuda.cudnn_sdp_enabled()), real_encode(items))[1]
     rec.recommend(split.test.histories()[:8], top_k=5)
     assert seen and not any(seen)
+
+
+def test_knn_anchor_ranks_the_last_items_neighbours(data):
+    """The item-kNN anchor's hits are the vector diagnostic's (two implementations of one rule),
+    it never recommends the last item itself, and bad vectors are refused by name."""
+    from capsid_gr.anchors import ItemKNNRecommender
+    from capsid_gr.vectors.diagnostics import last_item_nn_recall
+
+    split = data.split()
+    rec = ItemKNNRecommender(data.item_vectors, data.popularity())
+    hist = split.test.histories()
+    ranked, _ = rec.recommend(hist, top_k=10)
+    r = ranking_metrics(ranked, split.test.target, ks=(10,))["recall@10"]
+    assert r == pytest.approx(last_item_nn_recall(data.item_vectors, data, k=10), abs=1e-12) and r > 0.1
+    assert not any(int(h[-1]) in row for h, row in zip(hist, ranked.tolist()))
+    v = np.asarray(data.item_vectors, np.float64)
+    q = v[int(hist[0][-1])] / np.linalg.norm(v[int(hist[0][-1])])
+    cos = (v / np.linalg.norm(v, axis=1, keepdims=True)) @ q
+    cos[int(hist[0][-1])] = -np.inf
+    assert ranked[0].tolist() == np.argsort(-cos, kind="stable")[:10].tolist()
+    with pytest.raises(ValueError, match="one row per item"):
+        ItemKNNRecommender(data.item_vectors[:-1], data.popularity())
+    with pytest.raises(ValueError, match="non-zero"):
+        ItemKNNRecommender(np.zeros_like(data.item_vectors), data.popularity())
