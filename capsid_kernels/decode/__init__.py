@@ -8,7 +8,7 @@ Hugging Face ``generate`` (imports transformers lazily).
 from .beam_step import StepOutput, beam_step
 from .layout import TokenLayout
 from .search import Beams, SearchResult, beam_search
-from .trie import BOS, EOS, PAD, Trie, TrieError, build_trie
+from .trie import BOS, EOS, FIRST_CODE, PAD, Trie, TrieError, build_trie
 
-__all__ = ["BOS", "EOS", "PAD", "Beams", "SearchResult", "StepOutput", "TokenLayout", "Trie", "TrieError",
+__all__ = ["BOS", "EOS", "FIRST_CODE", "PAD", "Beams", "SearchResult", "StepOutput", "TokenLayout", "Trie", "TrieError",
            "beam_search", "beam_step", "build_trie"]

@@ -8,10 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-PAD, BOS, EOS = 0, 1, 2
-FIRST_CODE = 3
-NO_TOKEN = -1
-"""Fills SID tables after an item's last code (the kernel API's PAD_TOKEN)."""
+from capsid_kernels import PAD_TOKEN as NO_TOKEN  # fills SID tables after an item's last code
+from capsid_kernels.decode import BOS, EOS, FIRST_CODE, PAD  # the one home of the token-id layout
 
 
 def depth_offsets(capsules: Sequence[int]) -> np.ndarray:

@@ -17,11 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from capsid_kernels import RoutingParams
-
-PAD, BOS, EOS = 0, 1, 2
-FIRST_CODE = 3
-NO_TOKEN = -1
+from capsid_kernels import PAD_TOKEN as NO_TOKEN, RoutingParams
+from capsid_kernels.decode import BOS, EOS, FIRST_CODE, PAD  # the one home of the token-id layout
 
 
 @dataclass
