@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from .flags import NameList, OneSeed
 from .routing_flags import add_routing_arguments, routing_overrides
 
 
@@ -40,7 +41,7 @@ def _vectors(args: argparse.Namespace, data, device):
         v = load_vector_file(args.vectors, rows=data.n_items)
         return v, {"path": args.vectors, "sources": ["file"], "cached": True}
     if args.sources:
-        sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
+        sources = tuple(args.sources)
     elif data.item_vectors is not None:
         sources = ("given",)
     else:
@@ -68,7 +69,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
-    names = parse_tokenizers(args.tokenizer)
+    names = parse_tokenizers(",".join(args.tokenizer))
     # every setting is checked here, before the data is read or any vector built
     import capsid_kernels as ck
     routing = routing_overrides(args)
@@ -151,14 +152,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="Amazon-format folder (e.g. ../shared/data/amazon-beauty); "
                                   "default: the synthetic catalogue")
-    p.add_argument("--data-name", default="Beauty", help="file stem inside --data (default Beauty)")
+    p.add_argument("--name", "--data-name", dest="data_name", default="Beauty",
+                   help="dataset name, the file stem inside --data (default Beauty)")
     p.add_argument("--items", type=int, default=4000, help="synthetic catalogue size")
     p.add_argument("--users", type=int, default=3000, help="synthetic user count")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", dest="seed", action=OneSeed, default=0, metavar="SEED",
+                   help="the seed (of the synthetic catalogue and of training); one")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--vectors", help="a .npy of item vectors [N, d] instead of building them")
-    p.add_argument("--sources", help="item-vector sources, comma-separated: given, content, collab, attr "
-                                     "(default: given for synthetic, else content+cooc; collab and attr on request)")
+    p.add_argument("--vector-sources", "--sources", dest="sources", action=NameList, default=None,
+                   help="item-vector sources, space- or comma-separated: given, content, cooc, collab, attr "
+                        "(default: given for synthetic, else content+cooc; collab and attr on request)")
     p.add_argument("--dim", type=int, default=128, help="item-vector dimension d")
     p.add_argument("--collab-epochs", type=int, default=10, help="SASRec epochs for collaborative vectors")
     p.add_argument("--cache-dir", help="item-vector cache (default $CAPSID_CACHE_DIR or ~/.cache/capsid)")
@@ -169,8 +173,8 @@ def _tokenize_args(p: argparse.ArgumentParser, *, epochs: int, capsules: int, ou
     from .jobs.tokenizers import TOKENIZERS
 
     _data_args(p)
-    p.add_argument("--tokenizer", default=tokenizers,
-                   help=f"comma-separated: {', '.join(TOKENIZERS)} (default {tokenizers}; "
+    p.add_argument("--tokenizer", action=NameList, default=tokenizers.split(","),
+                   help=f"space- or comma-separated: {', '.join(TOKENIZERS)} (default {tokenizers}; "
                         "docs/tokenizers.md compares them)")
     p.add_argument("--hamr", action="store_true",
                    help="add the HaMR repulsion (QuaSID: R=1, m_full 0.8, m_partial 0.5, weight 0.1) to "

@@ -25,6 +25,7 @@ import numpy as np
 from .atomic import writable_folder, write_text_atomic
 from .checks import short
 from .jobs.tokenizers import ALIASES, BASELINES, DISAMBIGUATED, TOKENIZERS, canonical, capsid_variant
+from .flags import NameList
 from .routing_flags import add_routing_arguments, routing_overrides
 
 VARIANTS = TOKENIZERS
@@ -198,7 +199,7 @@ def item_vectors(data, args, device) -> tuple[np.ndarray, dict]:
         return data.item_vectors, {"source": "synthetic (given)"}
     from .vectors import VectorConfig, build_item_vectors
 
-    cfg = VectorConfig(sources=tuple(args.vector_sources.split(",")))
+    cfg = VectorConfig(sources=tuple(args.vector_sources))
     return build_item_vectors(data, cfg, device=str(device), show_progress=not args.quiet)
 
 
@@ -499,31 +500,27 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _tokenizer_name(text: str) -> str:
-    try:
-        return canonical(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="capsid pipeline", description=__doc__.split("\n")[0])
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder in the Amazon layout")
-    p.add_argument("--name", default="Beauty", help="Amazon dataset name (<name>.txt)")
+    p.add_argument("--name", "--data-name", dest="name", default="Beauty",
+                   help="dataset name, the file stem inside --data (default Beauty)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic catalogue")
-    p.add_argument("--tokenizer", nargs="*", default=["capsid"], type=_tokenizer_name, metavar="NAME",
-                   help=f"one or more of: {', '.join(VARIANTS)} (aliases: "
+    p.add_argument("--tokenizer", nargs="*", default=["capsid"], action=NameList, check=canonical, metavar="NAME",
+                   help=f"one or more, space- or comma-separated, of: {', '.join(VARIANTS)} (aliases: "
                         f"{', '.join(f'{a}={b}' for a, b in ALIASES.items())}; default capsid)")
     p.add_argument("--anchors", nargs="*", default=[], choices=["markov", "markov1", "sasrec", "knn"],
                    help="anchor rows in the same table (SPEC §8): markov (back-off), markov1, sasrec, knn (the "
                         "last item's nearest neighbours by the item vectors)")
     p.add_argument("--generator", choices=["encdec", "decoder"], default=None,
                    help="generator (default: the preset's generator_kind)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[0])
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     p.add_argument("--vectors", help="item vectors .npy [n_items, d] (else built by capsid_gr.vectors)")
-    p.add_argument("--vector-sources", default="content,cooc",
-                   help="item-vector sources when --vectors is not given (capsid vectors prints each one's signal)")
+    p.add_argument("--vector-sources", "--sources", dest="vector_sources", action=NameList,
+                   default=["content", "cooc"],
+                   help="item-vector sources when --vectors is not given, space- or comma-separated "
+                        "(capsid vectors prints each one's signal)")
     p.add_argument("--stage2-epochs", type=int, default=None)
     p.add_argument("--set", action="append", type=parse_override, metavar="SECTION.FIELD=VALUE",
                    help="override one preset setting, e.g. --set stage2.patience=5 --set tokenizer.capsules=128 "

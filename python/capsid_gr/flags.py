@@ -1,0 +1,44 @@
+"""Flag shapes that every `capsid` subcommand shares, so the same thing is spelled the same way.
+
+* A list of names takes spaces, commas or both: `--tokenizer capsid rqkmeans`,
+  `--tokenizer capsid,rqkmeans` and `--tokenizer capsid,rqkmeans gaoq` all mean the same.
+* A command that fits one seed still takes `--seeds` (and `--seed`), and refuses more than one
+  by name instead of a bare "unrecognized arguments".
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Optional
+
+
+class NameList(argparse.Action):
+    """Space- and/or comma-separated names -> one flat list; `check(name)` may raise ValueError."""
+
+    def __init__(self, option_strings, dest, nargs="+", check: Optional[Callable[[str], object]] = None, **kw):
+        super().__init__(option_strings, dest, nargs=nargs, **kw)
+        self.check = check
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        names = [p.strip() for v in (values if isinstance(values, list) else [values]) for p in str(v).split(",")]
+        names = [n for n in names if n]
+        for n in names:
+            try:
+                if self.check is not None:
+                    self.check(n)
+            except ValueError as exc:
+                parser.error(f"{option_string}: {exc}")
+        setattr(namespace, self.dest, names)
+
+
+class OneSeed(argparse.Action):
+    """`--seed S` / `--seeds S` for a command that fits one seed; several are refused by name."""
+
+    def __init__(self, option_strings, dest, nargs="+", type=int, **kw):
+        super().__init__(option_strings, dest, nargs=nargs, type=type, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) != 1:
+            parser.error(f"{option_string}: this command fits one seed, got {len(values)} ({values}); "
+                         "`capsid pipeline --seeds` runs several")
+        setattr(namespace, self.dest, values[0])
