@@ -42,3 +42,7 @@ def test_a_one_seed_command_refuses_several_by_name(capsys):
     err = capsys.readouterr().err
     assert "--seeds: this command fits one seed, got 2" in err and "capsid pipeline --seeds" in err
     assert parse("pipeline", "--seeds", "0", "1").seeds == [0, 1]
+
+
+def test_pipeline_maps_tokenizer_aliases_to_registry_names():
+    assert parse("pipeline", "--tokenizer", "capsid+bpe,hard", "gaoq").tokenizer == ["capsid", "capsid-hard", "gaoq"]

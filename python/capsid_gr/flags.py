@@ -13,22 +13,22 @@ from typing import Callable, Optional
 
 
 class NameList(argparse.Action):
-    """Space- and/or comma-separated names -> one flat list; `check(name)` may raise ValueError."""
+    """Space- and/or comma-separated names -> one flat list; `convert(name)` (e.g. an alias to its
+    registry name) maps each one and may raise ValueError, reported against the flag."""
 
-    def __init__(self, option_strings, dest, nargs="+", check: Optional[Callable[[str], object]] = None, **kw):
+    def __init__(self, option_strings, dest, nargs="+", convert: Optional[Callable[[str], str]] = None, **kw):
         super().__init__(option_strings, dest, nargs=nargs, **kw)
-        self.check = check
+        self.convert = convert
 
     def __call__(self, parser, namespace, values, option_string=None):
         names = [p.strip() for v in (values if isinstance(values, list) else [values]) for p in str(v).split(",")]
-        names = [n for n in names if n]
-        for n in names:
+        out = []
+        for n in (n for n in names if n):
             try:
-                if self.check is not None:
-                    self.check(n)
+                out.append(self.convert(n) if self.convert is not None else n)
             except ValueError as exc:
                 parser.error(f"{option_string}: {exc}")
-        setattr(namespace, self.dest, names)
+        setattr(namespace, self.dest, out)
 
 
 class OneSeed(argparse.Action):

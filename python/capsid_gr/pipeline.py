@@ -506,7 +506,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--name", "--data-name", dest="name", default="Beauty",
                    help="dataset name, the file stem inside --data (default Beauty)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic catalogue")
-    p.add_argument("--tokenizer", nargs="*", default=["capsid"], action=NameList, check=canonical, metavar="NAME",
+    p.add_argument("--tokenizer", nargs="*", default=["capsid"], action=NameList, convert=canonical, metavar="NAME",
                    help=f"one or more, space- or comma-separated, of: {', '.join(VARIANTS)} (aliases: "
                         f"{', '.join(f'{a}={b}' for a, b in ALIASES.items())}; default capsid)")
     p.add_argument("--anchors", nargs="*", default=[], choices=["markov", "markov1", "sasrec", "knn"],
