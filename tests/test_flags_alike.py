@@ -46,3 +46,14 @@ def test_a_one_seed_command_refuses_several_by_name(capsys):
 
 def test_pipeline_maps_tokenizer_aliases_to_registry_names():
     assert parse("pipeline", "--tokenizer", "capsid+bpe,hard", "gaoq").tokenizer == ["capsid", "capsid-hard", "gaoq"]
+
+
+def test_an_empty_name_list_is_refused_and_the_flag_named_once(capsys):
+    with pytest.raises(SystemExit):
+        parse("tokenize", "--sources", ",")
+    assert "--sources: expected at least one name, got none" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse("pipeline", "--tokenizer", "nope")
+    err = capsys.readouterr().err
+    assert "nope" in err and err.count("--tokenizer") == 1
+    assert parse("pipeline", "--anchors", "knn", "--tokenizer").tokenizer == []  # anchors only

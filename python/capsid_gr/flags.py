@@ -27,7 +27,10 @@ class NameList(argparse.Action):
             try:
                 out.append(self.convert(n) if self.convert is not None else n)
             except ValueError as exc:
-                parser.error(f"{option_string}: {exc}")
+                msg = str(exc)
+                parser.error(msg if msg.startswith(option_string) else f"{option_string}: {msg}")
+        if not out and self.nargs != "*":
+            parser.error(f"{option_string}: expected at least one name, got none ({' '.join(values) or 'nothing'})")
         setattr(namespace, self.dest, out)
 
 

@@ -28,7 +28,8 @@ class ItemKNNRecommender:
             raise ValueError("ItemKNNRecommender: vectors must be finite and non-zero (cosine needs a direction)")
         self.vectors = v / v.norm(dim=1, keepdim=True)
         self.n_items = v.shape[0]
-        # far below any cosine gap in float32: only exact ties fall to popularity
+        # a tie-break: cosines within ~1e-7 of each other (exact ties, near-duplicate vectors) go to the
+        # more popular item; larger gaps are untouched
         self.tie = torch.as_tensor(1e-7 * pop / max(pop.max(), 1.0), dtype=torch.float32, device=device)
 
     @torch.no_grad()
