@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from capsid_gr.stage1.checkpoint import load_checkpoint, save_checkpoint
+from capsid_gr.checkpoint import load_checkpoint, save_checkpoint
 from capsid_kernels.decode._atomic import remove_stale_temporaries, write_atomic
 
 
@@ -75,7 +75,7 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
 
 def test_a_header_missing_a_resume_field_is_a_clear_error(tmp_path):
     """A header without a field a resume reads raised KeyError."""
-    from capsid_gr.stage1.checkpoint import require_meta
+    from capsid_gr.checkpoint import require_meta
 
     path = tmp_path / "c.safetensors"
     meta = {"optimizer": {"param_groups": [], "scalars": {}}, "history": [], "epoch": 2}

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from capsid_gr.distributed import DistContext, shard_bounds
+from capsid_gr.collective import DistContext, shard_bounds
+from capsid_gr.eval import BeamValidation
 
 WORLD = 2
 RTOL = 1e-5
@@ -99,7 +100,7 @@ TINY_TOKENIZE_N, TINY_EVAL_Q = 1, 3
 
 
 def _empty_slice_jobs(dist, out: str) -> None:
-    from capsid_gr.distributed.evaluate import evaluate_sharded
+    from capsid_gr.eval.sharded import evaluate_sharded
     from capsid_gr.distributed.tokenize import tokenize_sharded
     from capsid_gr.stage1 import train_stage1
     from capsid_gr.stage2 import train_stage2
@@ -110,7 +111,7 @@ def _empty_slice_jobs(dist, out: str) -> None:
         torch.save({"history": res.history, "state": tok.state_dict()}, os.path.join(out, "s1_tiny.pt"))
     items, data, cfg2, model = _stage2_setup(**S2_TINY)
     res2 = train_stage2(model, items, data.split(max_history=cfg2.max_history), data.popularity(), cfg2,
-                        show_progress=False, dist=dist)
+                        show_progress=False, dist=dist, validation=BeamValidation())
     if dist.is_writer:
         torch.save({"history": res2.history, "state": model.state_dict()}, os.path.join(out, "s2_tiny.pt"))
     tok, _, _, _ = _stage1_setup()
@@ -136,7 +137,7 @@ def _time_budget_job(dist, out: str) -> None:
     if dist.rank == 1:
         time.sleep(2.0)
     res = train_stage2(model, items, data.split(max_history=cfg.max_history), data.popularity(), cfg,
-                       show_progress=False, dist=dist)
+                       show_progress=False, dist=dist, validation=BeamValidation())
     torch.save(res.history, os.path.join(out, f"s2_time_rank{dist.rank}.pt"))
 
 
@@ -144,7 +145,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from capsid_gr.distributed.evaluate import evaluate_sharded
+    from capsid_gr.eval.sharded import evaluate_sharded
     from capsid_gr.distributed.tokenize import tokenize_sharded
     from capsid_gr.stage1 import train_stage1
     from capsid_gr.stage2 import train_stage2
@@ -167,7 +168,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         items, data, cfg2, model = _stage2_setup()
         split = data.split(max_history=cfg2.max_history)
         res2 = train_stage2(model, items, split, data.popularity(), cfg2, out_dir=os.path.join(out, "s2"),
-                            show_progress=False, dist=dist)
+                            show_progress=False, dist=dist, validation=BeamValidation())
         if dist.is_writer:
             torch.save({"history": res2.history, "state": model.state_dict()}, os.path.join(out, "s2.pt"))
         # sharded tokenization: 1000 items in chunks of 96 (slices of 480 and 520 rows)
@@ -289,7 +290,7 @@ def test_stage2_two_processes_match_one(two_process_run, one_thread):
 
     items, data, cfg, model = _stage2_setup()
     res = train_stage2(model, items, data.split(max_history=cfg.max_history), data.popularity(), cfg,
-                       show_progress=False)
+                       show_progress=False, validation=BeamValidation())
     got = torch.load(two_process_run / "s2.pt")
     _close_histories(got["history"], res.history, ("train_loss",))
     assert [h["val_recall@10"] for h in got["history"]] == [h["val_recall@10"] for h in res.history]
@@ -297,7 +298,7 @@ def test_stage2_two_processes_match_one(two_process_run, one_thread):
 
 
 def test_sharded_tokenization_is_bit_identical(two_process_run, one_thread):
-    from capsid_gr.stage1.train import tokenize_items
+    from capsid_gr.tokenizer.inference import tokenize_items
 
     tok, _, _, _ = _stage1_setup()
     xs = torch.randn(1000, 32, generator=torch.Generator().manual_seed(1))
@@ -357,7 +358,7 @@ def test_stage2_final_batch_of_one_sample_and_one_validation_user(two_process_ru
 
     items, data, cfg, model = _stage2_setup(**S2_TINY)
     res = train_stage2(model, items, data.split(max_history=cfg.max_history), data.popularity(), cfg,
-                       show_progress=False)
+                       show_progress=False, validation=BeamValidation())
     got = torch.load(two_process_run / "s2_tiny.pt")
     _close_histories(got["history"], res.history, ("train_loss",))
     assert [h["val_recall@10"] for h in got["history"]] == [h["val_recall@10"] for h in res.history]
@@ -365,7 +366,7 @@ def test_stage2_final_batch_of_one_sample_and_one_validation_user(two_process_ru
 
 
 def test_sharded_tokenization_of_fewer_items_than_ranks(two_process_run, one_thread):
-    from capsid_gr.stage1.train import tokenize_items
+    from capsid_gr.tokenizer.inference import tokenize_items
 
     tok, _, _, _ = _stage1_setup()
     xs = torch.randn(1000, 32, generator=torch.Generator().manual_seed(1))[:TINY_TOKENIZE_N]

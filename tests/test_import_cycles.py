@@ -21,14 +21,14 @@ PACKAGE = "capsid_kernels"
 ROOT = pathlib.Path(capsid_kernels.__file__).resolve().parent
 
 
-def package_modules() -> dict[str, pathlib.Path]:
+def package_modules(package: str = PACKAGE, root: pathlib.Path = ROOT) -> dict[str, pathlib.Path]:
     """Dotted module name -> source file, for every .py file of the package."""
     modules = {}
-    for path in sorted(ROOT.rglob("*.py")):
-        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
-        modules[".".join([PACKAGE, *parts])] = path
+        modules[".".join([package, *parts])] = path
     return modules
 
 
@@ -40,14 +40,14 @@ def _type_checking_nodes(tree: ast.AST) -> set[int]:
     return skipped
 
 
-def imports_of(name: str, path: pathlib.Path, modules: dict[str, pathlib.Path]) -> set[str]:
+def imports_of(name: str, path: pathlib.Path, modules: dict[str, pathlib.Path], package: str = PACKAGE) -> set[str]:
     """The package modules that ``name`` imports anywhere in its source."""
     is_package = path.name == "__init__.py"
     tree = ast.parse(path.read_text(), filename=str(path))
     skipped = _type_checking_nodes(tree)
 
     def known(dotted: str) -> str:
-        while dotted not in modules and "." in dotted:  # `import capsid_kernels.x.attr`: the module part
+        while dotted not in modules and "." in dotted:  # `import package.x.attr`: the module part
             dotted = dotted.rsplit(".", 1)[0]
         return dotted
 
@@ -57,7 +57,7 @@ def imports_of(name: str, path: pathlib.Path, modules: dict[str, pathlib.Path]) 
             continue
         if isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name == PACKAGE or alias.name.startswith(PACKAGE + "."):
+                if alias.name == package or alias.name.startswith(package + "."):
                     targets.add(known(alias.name))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -66,7 +66,7 @@ def imports_of(name: str, path: pathlib.Path, modules: dict[str, pathlib.Path]) 
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
-                if source != PACKAGE and not source.startswith(PACKAGE + "."):
+                if source != package and not source.startswith(package + "."):
                     continue
             for alias in node.names:
                 sub = f"{source}.{alias.name}"
@@ -75,9 +75,10 @@ def imports_of(name: str, path: pathlib.Path, modules: dict[str, pathlib.Path]) 
     return {t for t in targets if t in modules}
 
 
-def import_graph() -> dict[str, set[str]]:
-    modules = package_modules()
-    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+def import_graph(package: str = PACKAGE, root: pathlib.Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (tests/test_gr_layout.py walks capsid_gr with it)."""
+    modules = package_modules(package, root)
+    return {name: imports_of(name, path, modules, package) for name, path in modules.items()}
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -10,7 +10,7 @@ import torch
 from capsid_gr.anchors import MarkovRecommender, SASRec, SASRecConfig, SASRecRecommender, fit_markov
 from capsid_gr.data import SyntheticConfig, make_synthetic
 from capsid_gr.eval import build_item_trie
-from capsid_gr.eval.metrics import ranking_metrics
+from capsid_gr.ranking import ranking_metrics
 from capsid_gr.generator.seq import EncDecConfig, EncDecGenerator, EncDecRecommender
 from capsid_gr.pipeline import fit_baseline
 from capsid_gr.stage2.fit import FitConfig, fit_sequential, learning_rate

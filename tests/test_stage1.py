@@ -12,7 +12,7 @@ import torch
 import capsid_kernels as ck
 from capsid_gr.data import SyntheticConfig, make_synthetic
 from capsid_gr.stage1 import Stage1Config, load_checkpoint, train_stage1
-from capsid_gr.stage1.train import tokenize_items
+from capsid_gr.tokenizer.inference import tokenize_items
 from capsid_gr.tokenizer import forward_all_depths, losses, schedules
 
 

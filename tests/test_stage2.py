@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from capsid_gr.data import SequenceDataset
-from capsid_gr.eval import evaluate
+from capsid_gr.eval import BeamValidation, evaluate
 from capsid_gr.generator import Generator, GeneratorConfig
 from capsid_gr.stage2 import Stage2Config, train_stage2, training_samples, training_windows
 
@@ -33,7 +33,8 @@ def deterministic_dataset(n_items=30, n_users=120, length=8, seed=0) -> Sequence
 def _run(items, data, cfg, out_dir=None, **kw):
     model = Generator(items.vocab_size, SMALL, token_init=items.token_init, has_init=items.has_init, seed=cfg.seed)
     split = data.split(max_history=cfg.max_history)
-    return train_stage2(model, items, split, data.popularity(), cfg, out_dir=out_dir, show_progress=False, **kw), split
+    return train_stage2(model, items, split, data.popularity(), cfg, out_dir=out_dir, show_progress=False,
+                        validation=BeamValidation(), **kw), split
 
 
 # Tiny models: one intra-op thread avoids oversubscribing shared 2-core runners (conftest).

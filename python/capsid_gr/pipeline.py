@@ -309,7 +309,7 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
 
         merges = res.merges
         gate = MergeGate(cfg.d, s1.bpe.gate_hidden, seed=seed).to(device)
-        from .stage1.checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint
 
         tensors, _ = load_checkpoint(run_dir / "stage1.safetensors")
         gate.load_state_dict({k[len("best.gate."):]: v.to(device) for k, v in tensors.items()
@@ -333,7 +333,7 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
 def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
     import torch
 
-    from .eval import evaluate
+    from .eval import BeamValidation, evaluate
     from .generator import Generator, GeneratorConfig
     from .stage2 import Stage2Config, train_stage2
 
@@ -378,7 +378,8 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
         s2 = Stage2Config(seed=seed, **s2_over)
         model = Generator(items.vocab_size, gcfg, token_init=items.token_init, has_init=items.has_init, seed=seed)
         split = data.split(max_history=s2.max_history)
-        res = train_stage2(model, items, split, pop, s2, device=device, out_dir=run_dir, show_progress=not args.quiet)
+        res = train_stage2(model, items, split, pop, s2, device=device, out_dir=run_dir, show_progress=not args.quiet,
+                           validation=BeamValidation())
         t2 = time.perf_counter()
         metrics = evaluate(res.recommender, split.test.histories(), split.test.target, tiers=data.tiers(),
                            ks=tuple(args.ks), num_beams=args.beams, batch_size=s2.eval_batch_size)

@@ -79,7 +79,7 @@ class MarkovRecommender:
 def fit_markov(n_items: int, train: Sequence[np.ndarray], popularity: np.ndarray, valid_histories,
                valid_targets: np.ndarray, order: int = 3, grid: Sequence[float] = BACKOFF_GRID) -> tuple[MarkovRecommender, dict]:
     """Counts from `train`; the back-off weight with the best validation NDCG@10 (order 1: none)."""
-    from ..eval.metrics import ranking_metrics
+    from ..ranking import ranking_metrics
 
     rec = MarkovRecommender.from_sequences(n_items, train, popularity, order)
     if order == 1:

@@ -57,7 +57,8 @@ def bench(args: argparse.Namespace, dist) -> dict:
     from ..data import SequenceDataset
     from ..generator import Generator, GeneratorConfig, from_capsid
     from ..stage2 import Stage2Config, train_stage2
-    from .evaluate import evaluate_sharded
+    from ..eval import BeamValidation
+    from ..eval.sharded import evaluate_sharded
     from .tokenize import tokenize_sharded
 
     g = torch.Generator().manual_seed(args.seed)
@@ -82,7 +83,8 @@ def bench(args: argparse.Namespace, dist) -> dict:
                       seed=args.seed)
     _sync(dist)
     t0 = time.perf_counter()
-    res = train_stage2(model, items, split, data.popularity(), cfg, device=dist.device, show_progress=False, dist=dist)
+    res = train_stage2(model, items, split, data.popularity(), cfg, device=dist.device, show_progress=False, dist=dist,
+                       validation=BeamValidation())
     _sync(dist)
     t_s2 = time.perf_counter() - t0
     samples = args.users * (args.length - 3)  # each user's training part minus its first item
@@ -108,7 +110,7 @@ def bench(args: argparse.Namespace, dist) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .context import distributed
+    from ..collective import distributed
 
     with distributed() as dist:
         args.dist_func(args, dist)

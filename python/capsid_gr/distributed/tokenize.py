@@ -13,8 +13,8 @@ from __future__ import annotations
 import capsid_kernels as ck
 from torch import Tensor
 
-from ..stage1.train import tokenize_items
-from .context import DistContext
+from ..tokenizer.inference import tokenize_items
+from ..collective import DistContext
 
 GATHERED = ("sids", "lengths", "stop_reason")
 """What a sharded tokenization returns by default: [N, d] reconstructions and residuals of a

@@ -8,7 +8,6 @@ since they depend on the item, not the user.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Optional, Sequence
 
@@ -18,14 +17,7 @@ from torch import Tensor
 
 import capsid_kernels as ck
 
-from ..generator import Generator, ItemInputs, ItemTokenization, make_batch
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (SPEC: mixed precision on GPU); a no-op on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from ..generator import Generator, ItemInputs, ItemTokenization, autocast, make_batch
 
 
 def build_item_trie(items: ItemTokenization, popularity: Optional[np.ndarray], device) -> ck.Trie:

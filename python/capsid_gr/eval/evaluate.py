@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .decode import Recommender
-from .metrics import ranking_metrics
+from ..ranking import ranking_metrics
 from .teacher_forced import teacher_forced_scores
 
 

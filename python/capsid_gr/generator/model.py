@@ -9,6 +9,7 @@ decoded tokens, so a beam reorder copies only the decoded part.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -18,6 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GeneratorConfig
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (SPEC: mixed precision on GPU), for training and decoding alike; a no-op on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class Block(nn.Module):

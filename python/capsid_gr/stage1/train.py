@@ -41,11 +41,12 @@ from ..bpe import (
 from ..bpe.pairs import Candidates
 from ..tokenizer import losses, schedules
 from ..tokenizer.forward import forward_all_depths
+from ..tokenizer.inference import tokenize_items
 from ..tokenizer.hamr import HaMRConfig, hamr_from_config, routing_embedding, sids_from_tokens
 from .init import InitConfig, data_init
-from .checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer, save_checkpoint,
+from ..checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer, save_checkpoint,
                          write_atomic)
-from ..distributed.gather import gather_forward
+from ..collective import gather_forward
 from ..checks import check_config, short
 
 
@@ -149,14 +150,6 @@ def split_items(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-@torch.no_grad()
-def tokenize_items(tokenizer: ck.CapsIDTokenizer, x: Tensor, batch_size: int = 4096) -> ck.StackOutput:
-    """Inference SIDs through the compacting stack (capsid_kernels.tokenize)."""
-    ex = tokenizer.config.execution
-    return ck.tokenize(x, [(m.W, m.b, m.D) for m in tokenizer.layers], tokenizer.config.routing,
-                       precision=ex.precision, backend=ex.backend, batch_size=batch_size)
-
-
 def reconstruction_error(x: Tensor, out: ck.StackOutput) -> float:
     """L_route of an inference pass: mean ||x/||x|| - x_hat||^2."""
     if x.shape[0] == 0:
@@ -207,7 +200,7 @@ def train_stage1(
     With `out_dir`, writes `stage1.safetensors` (checkpoint) and `stage1_log.jsonl` there
     after every epoch, and resumes from the checkpoint when `resume`. Ends with the best
     epoch's parameters loaded. x's device is the training device.
-    `dist`: a capsid_gr.distributed.DistContext under torchrun: each rank routes its slice of
+    `dist`: a capsid_gr.collective.DistContext under torchrun: each rank routes its slice of
     every global batch, the losses are those of the whole batch, only rank 0 writes.
     """
     from tqdm import tqdm

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..data import Split
-from ..eval.metrics import ranking_metrics
+from ..ranking import ranking_metrics
 from ..generator.seq import attention_backends, window_tensors
 from .samples import bucketed_batches, training_windows, window_batch
 from ..checks import check_config, short
@@ -128,8 +128,8 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
     """Train `model` (anything with `loss(items [B, T], targets [B, T]) -> (mean loss, count)`)
     on `split.train`; `recommender.recommend(histories, num_beams, top_k, batch_size)` ranks the
     validation users. Leaves the best state loaded and the model in eval mode."""
-    from ..stage1.checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer,
-                                    save_checkpoint, write_atomic)
+    from ..checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer,
+                              save_checkpoint, write_atomic)
 
     start = time.perf_counter()
     device = torch.device(device) if device is not None else torch.device("cpu")

@@ -17,18 +17,17 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..data import Split
-from ..eval import Recommender, autocast, build_item_trie, ranking_metrics
-from ..generator import (IGNORE, Generator, ItemInputs, ItemTokenization, RoutingAdapter, embed_batch, make_batch,
-                         make_sequence_batch)
-from ..stage1.checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer,
-                                save_checkpoint, write_atomic)
+from ..generator import (IGNORE, Generator, ItemInputs, ItemTokenization, RoutingAdapter, autocast, embed_batch,
+                         make_batch, make_sequence_batch)
+from ..atomic import write_atomic
+from ..checkpoint import flatten_optimizer, load_checkpoint, require_meta, restore_optimizer, save_checkpoint
 from .config import Stage2Config
 from .samples import bucketed_batches, sample_batch, training_samples, training_windows, window_batch
 
@@ -39,7 +38,7 @@ CHECKPOINT, LOG = "stage2.safetensors", "stage2_log.jsonl"
 class Stage2Result:
     model: Generator
     inputs: ItemInputs
-    recommender: Recommender
+    recommender: Any  # what `validation.recommender` built: a capsid_gr.eval.Recommender
     history: list[dict]
     best_epoch: int
     best_val_recall10: float
@@ -70,24 +69,35 @@ def load_trainable(model: Generator, adapter: Optional[RoutingAdapter], tensors:
                     params[k[len(prefix) + 8:]].copy_(v)
 
 
-def validation_recall(rec: Recommender, split: Split, users: np.ndarray, cfg: Stage2Config, dist=None) -> float:
-    hist = [split.valid.history[u, : split.valid.length[u]] for u in users]
-    if dist is not None:
-        from ..distributed.evaluate import evaluate_sharded
+class Validation(Protocol):
+    """How Stage 2 validates (SPEC §6: early stopping and the best state by validation Recall@10).
+    Retrieval sits above training, so it is handed in: capsid_gr.eval.BeamValidation is the one
+    the pipeline and the distributed launcher pass (trie-constrained beam search)."""
 
-        return evaluate_sharded(rec, hist, split.valid.target[users], dist, ks=(10,), num_beams=cfg.num_beams,
-                                batch_size=cfg.eval_batch_size)["recall@10"]
-    ranked, _ = rec.recommend(hist, num_beams=cfg.num_beams, top_k=10, batch_size=cfg.eval_batch_size)
-    return ranking_metrics(ranked, split.valid.target[users], ks=(10,))["recall@10"]
+    def recommender(self, model: Generator, inputs: ItemInputs, items: ItemTokenization,
+                    popularity: Optional[np.ndarray], max_history: int, device) -> Any: ...
+
+    def recall_at_10(self, rec: Any, histories: Sequence[np.ndarray], targets: np.ndarray, *,
+                     num_beams: int, batch_size: int, dist=None) -> float: ...
+
+
+def validation_recall(validation: Validation, rec, split: Split, users: np.ndarray, cfg: Stage2Config,
+                      dist=None) -> float:
+    hist = [split.valid.history[u, : split.valid.length[u]] for u in users]
+    return validation.recall_at_10(rec, hist, split.valid.target[users], num_beams=cfg.num_beams,
+                                   batch_size=cfg.eval_batch_size, dist=dist)
 
 
 def train_stage2(model: Generator, items: ItemTokenization, split: Split, popularity: np.ndarray,
                  cfg: Stage2Config = Stage2Config(), *, device=None, out_dir: Optional[Path] = None,
                  resume: bool = True, show_progress: bool = True,
-                 on_epoch_end: Optional[Callable[[dict], None]] = None, dist=None) -> Stage2Result:
-    """`dist`: a capsid_gr.distributed.DistContext under torchrun: each rank takes its slice of
+                 on_epoch_end: Optional[Callable[[dict], None]] = None, dist=None,
+                 validation: Validation) -> Stage2Result:
+    """`dist`: a capsid_gr.collective.DistContext under torchrun: each rank takes its slice of
     every global batch, gradients are summed with each rank's token share as weight (so they
-    equal one process's), validation users are sharded, only rank 0 writes."""
+    equal one process's), validation users are sharded, only rank 0 writes. `validation`: how a
+    validation round is scored (capsid_gr.eval.BeamValidation()); required, training imports no
+    retrieval code."""
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -98,8 +108,7 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
     model.to(device)
     params = list(model.parameters()) + (list(adapter.parameters()) if adapter is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    trie = build_item_trie(items, popularity, device)
-    rec = Recommender(model, inputs, items, trie, cfg.max_history)
+    rec = validation.recommender(model, inputs, items, popularity, cfg.max_history, device)
 
     path_matrix = items.path_matrix()
     if cfg.sequence_batches:
@@ -189,7 +198,7 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
         if out_of_time:
             record["stopped_by"] = "time"
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or out_of_time:
-            val = validation_recall(rec, split, val_users, cfg, dist)
+            val = validation_recall(validation, rec, split, val_users, cfg, dist)
             record["val_recall@10"] = val
             if val > best:
                 best, best_epoch, bad = val, epoch, 0

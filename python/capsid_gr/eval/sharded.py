@@ -15,9 +15,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..eval import Recommender
-from ..eval.metrics import metrics_from_rank, target_rank
-from .context import DistContext
+from ..collective import DistContext
+from ..ranking import metrics_from_rank, target_rank
+from .decode import Recommender
 
 
 def target_ranks_sharded(rec: Recommender, histories: Sequence[np.ndarray], targets: np.ndarray, dist: DistContext,

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..atomic import write_atomic
+from .atomic import write_atomic
 
 META_KEY = "capsid"
 FORMAT_VERSION = 1
