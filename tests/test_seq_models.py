@@ -292,3 +292,33 @@ def test_knn_anchor_ranks_the_last_items_neighbours(data):
         ItemKNNRecommender(data.item_vectors[:-1], data.popularity())
     with pytest.raises(ValueError, match="non-zero"):
         ItemKNNRecommender(np.zeros_like(data.item_vectors), data.popularity())
+
+
+def test_encdec_identity_leaves_later_fields_out_at_their_defaults(data):
+    from capsid_gr.generator.seq import features_fingerprint
+
+    base = EncDecConfig().identity()
+    assert "item_features" not in base and "tied_output" not in base  # older checkpoints carry neither
+    assert EncDecConfig(item_features=True).identity()["item_features"] is True
+    assert EncDecConfig(tied_output=False).identity()["tied_output"] is False
+    v = np.asarray(data.item_vectors, np.float32)
+    w = v.copy()
+    w[0, 0] += 1e-3
+    assert features_fingerprint(v) == features_fingerprint(v.astype(np.float64))
+    assert features_fingerprint(v) != features_fingerprint(w)
+
+
+def test_fit_refuses_another_model_naming_the_first_differing_field(data, tmp_path):
+    split = data.split(max_history=20)
+    cfg = FitConfig(**{**FIT, "epochs": 1})
+    scfg = SASRecConfig(hidden=16, heads=2, layers=1, ffn=32, max_len=20)
+    model = SASRec(data.n_items, scfg, seed=0)
+    ident = {"sasrec": scfg.to_dict(), "features": "aaa"}
+    fit_sequential(model, SASRecRecommender(model, 20), split, cfg, out_dir=tmp_path, show_progress=False,
+                   identity=ident)
+    with pytest.raises(ValueError, match=r"\(model\.features: checkpoint 'aaa', this run 'bbb'\)"):
+        fit_sequential(model, SASRecRecommender(model, 20), split, cfg, out_dir=tmp_path, show_progress=False,
+                       identity={**ident, "features": "bbb"})
+    res = fit_sequential(model, SASRecRecommender(model, 20), split, cfg, out_dir=tmp_path, show_progress=False,
+                         identity=ident)  # the same identity resumes (finished: nothing left to run)
+    assert len(res.history) == 1

@@ -350,7 +350,7 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
     pop = data.popularity()
     if kind == "encdec":
         from .eval import build_item_trie
-        from .generator.seq import EncDecConfig, EncDecGenerator, EncDecRecommender
+        from .generator.seq import EncDecConfig, EncDecGenerator, EncDecRecommender, features_fingerprint
         from .stage2.fit import FitConfig, fit_sequential
         from .stage2.train import items_fingerprint
 
@@ -360,7 +360,8 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
         model = EncDecGenerator(items, gcfg, seed=seed, features=x if gcfg.item_features else None)
         rec = EncDecRecommender(model, build_item_trie(items, pop, device), fcfg.max_history)
         res = fit_sequential(model, rec, split, fcfg, device=device, out_dir=run_dir, show_progress=not args.quiet,
-                             identity={"generator": gcfg.to_dict(), "items": items_fingerprint(items)})
+                             identity={"generator": gcfg.identity(), "items": items_fingerprint(items),
+                                       **({"features": features_fingerprint(x)} if gcfg.item_features else {})})
         t2 = time.perf_counter()
         metrics = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
                            num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)

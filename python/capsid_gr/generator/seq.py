@@ -90,6 +90,27 @@ class EncDecConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict:
+        """What a checkpoint must match to resume: every field, except that fields added after
+        checkpoints were first written (item_features, tied_output) are left out at their
+        defaults, so those older checkpoints still resume."""
+        d = self.to_dict()
+        for name in LATER_FIELDS:
+            if d[name] == EncDecConfig.__dataclass_fields__[name].default:
+                del d[name]
+        return d
+
+
+LATER_FIELDS = ("item_features", "tied_output")
+
+
+def features_fingerprint(features) -> str:
+    """sha256 of the float32 item vectors a generator with item_features reads (part of its identity)."""
+    import hashlib
+
+    a = np.ascontiguousarray(np.asarray(features, np.float32))
+    return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
+
 
 @dataclass(frozen=True)
 class SASRecConfig:
