@@ -252,6 +252,13 @@ def test_training_and_decoding_run_without_cudnn_attention(data):
         assert (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
                 torch.backends.cuda.math_sdp_enabled()) == (True, True, True)
     assert torch.backends.cuda.cudnn_sdp_enabled() and before == (True, True, True)
+    torch.backends.cuda.enable_math_sdp(False)
+    try:
+        with attention_backends():  # a backend the caller turned off stays off
+            assert not torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.cudnn_sdp_enabled()
+            assert torch.backends.cuda.flash_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_math_sdp(True)
     split = data.split(max_history=20)
     model = SASRec(data.n_items, SASRecConfig(hidden=16, heads=2, layers=1, ffn=32, max_len=20), seed=0)
     seen = []
@@ -322,3 +329,13 @@ def test_fit_refuses_another_model_naming_the_first_differing_field(data, tmp_pa
     res = fit_sequential(model, SASRecRecommender(model, 20), split, cfg, out_dir=tmp_path, show_progress=False,
                          identity=ident)  # the same identity resumes (finished: nothing left to run)
     assert len(res.history) == 1
+
+
+def test_the_pipeline_command_runs_without_cudnn_attention_and_restores_it(monkeypatch):
+    import capsid_gr.pipeline as pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "_run", lambda args: seen.append(torch.backends.cuda.cudnn_sdp_enabled()) or 0)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    assert pipeline.run(None) == 0 and seen == [False]
+    assert torch.backends.cuda.cudnn_sdp_enabled()

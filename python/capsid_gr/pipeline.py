@@ -563,6 +563,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run(args) -> int:
+    """`capsid pipeline`. cuDNN's fused attention failed intermittently with several runs on one GPU
+    (generator.seq.attention_backends): it stays off for everything the command runs (the vectors'
+    and the decoder-only generator's attention included) and is restored on return."""
+    import torch
+
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        return _run(args)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
+
+
+def _run(args) -> int:
     import torch
 
     threads = args.threads or PRESETS[args.preset].get("threads")

@@ -425,7 +425,11 @@ def attention_backends():
     backend is the upstream workaround); the other kernels serve these shapes."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    cuda = torch.backends.cuda
+    keep = [b for b, on in ((SDPBackend.FLASH_ATTENTION, cuda.flash_sdp_enabled()),
+                            (SDPBackend.EFFICIENT_ATTENTION, cuda.mem_efficient_sdp_enabled()),
+                            (SDPBackend.MATH, cuda.math_sdp_enabled())) if on]  # what the caller left on
+    return sdpa_kernel(keep or [SDPBackend.MATH])
 
 
 def _autocast(device: torch.device):
