@@ -57,3 +57,8 @@ def test_an_empty_name_list_is_refused_and_the_flag_named_once(capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line][0]
     assert "nope" in err and err.count("--tokenizer") == 1, err
     assert parse("pipeline", "--anchors", "knn", "--tokenizer").tokenizer == []  # anchors only
+
+
+@pytest.mark.parametrize("argv", [["encode"], ["distributed", "bench"]])
+def test_encode_and_distributed_take_seeds_too(argv):
+    assert parse(*argv, "--seeds", "4").seed == 4 and parse(*argv, "--seed", "5").seed == 5

@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 
+from .flags import OneSeed
 from .routing_flags import add_routing_arguments, routing_overrides
 
 
@@ -28,7 +29,8 @@ def _at_least_one(text: str) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vectors", help="item vectors .npy [N, d]; default: synthetic vectors")
     p.add_argument("--items", type=_at_least_one, default=100_000, help="number of synthetic vectors (default 100000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", dest="seed", action=OneSeed, default=0, metavar="SEED",
+                   help="the seed of the synthetic vectors and of the tokenizer's initialisation; one")
     p.add_argument("--preset", default="default", help="tokenizer preset: default or industrial")
     add_routing_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 
+from ..flags import OneSeed
 from ..routing_flags import add_routing_arguments, routing_overrides
 
 
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--tokenize-batch", type=int, default=65_536, help="tokenization chunk (shard alignment)")
     b.add_argument("--num-beams", type=int, default=50)
     b.add_argument("--eval-batch", type=int, default=64)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seeds", "--seed", dest="seed", action=OneSeed, default=0, metavar="SEED", help="one seed")
     b.add_argument("--out", default="distributed_bench.jsonl", help="rank 0 appends a JSON line here")
     add_routing_arguments(b)
     b.set_defaults(dist_func=bench)
