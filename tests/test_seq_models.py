@@ -302,7 +302,7 @@ def test_knn_anchor_ranks_the_last_items_neighbours(data):
 
 
 def test_encdec_identity_leaves_later_fields_out_at_their_defaults(data):
-    from capsid_gr.generator.seq import features_fingerprint
+    from capsid_gr.pipeline import features_digest
 
     base = EncDecConfig().identity()
     assert "item_features" not in base and "tied_output" not in base  # older checkpoints carry neither
@@ -311,8 +311,8 @@ def test_encdec_identity_leaves_later_fields_out_at_their_defaults(data):
     v = np.asarray(data.item_vectors, np.float32)
     w = v.copy()
     w[0, 0] += 1e-3
-    assert features_fingerprint(v) == features_fingerprint(v.astype(np.float64))
-    assert features_fingerprint(v) != features_fingerprint(w)
+    assert features_digest(v) == features_digest(v.astype(np.float64))
+    assert features_digest(v) != features_digest(w)
 
 
 def test_fit_refuses_another_model_naming_the_first_differing_field(data, tmp_path):

@@ -55,6 +55,31 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def differences(stored: dict, now: dict, limit: int = 3) -> str:
+    """Why a checkpoint's settings are not this run's: 'lr: checkpoint 0.001, this run 0.002' for
+    the first `limit` fields that differ (nested settings by dotted path, e.g. 'generator.hidden')."""
+    from .checks import short
+
+    def flat(d: dict, pre: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) and v else {f"{pre}{k}": v})
+        return out
+
+    s, n = flat(stored if isinstance(stored, dict) else {}), flat(now)
+    keys = [k for k in n if s.get(k, _ABSENT) != n[k]] + [k for k in s if k not in n]
+    parts = [f"{k}: checkpoint {short(s.get(k, _ABSENT))}, this run {short(n.get(k, _ABSENT))}" for k in keys[:limit]]
+    return "; ".join(parts) + (f"; {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+_ABSENT = _Absent()
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {**meta, "format_version": FORMAT_VERSION, "git_commit": git_commit(),

@@ -350,7 +350,7 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
     pop = data.popularity()
     if kind == "encdec":
         from .eval import build_item_trie
-        from .generator.seq import EncDecConfig, EncDecGenerator, EncDecRecommender, features_fingerprint
+        from .generator.seq import EncDecConfig, EncDecGenerator, EncDecRecommender
         from .stage2.fit import FitConfig, fit_sequential
         from .stage2.train import items_fingerprint
 
@@ -361,7 +361,7 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
         rec = EncDecRecommender(model, build_item_trie(items, pop, device), fcfg.max_history)
         res = fit_sequential(model, rec, split, fcfg, device=device, out_dir=run_dir, show_progress=not args.quiet,
                              identity={"generator": gcfg.identity(), "items": items_fingerprint(items),
-                                       **({"features": features_fingerprint(x)} if gcfg.item_features else {})})
+                                       **({"features": features_digest(x)} if gcfg.item_features else {})})
         t2 = time.perf_counter()
         metrics = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
                            num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
@@ -397,6 +397,16 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
            "seconds": {"tokenizer": t1 - t0, "stage2": t2 - t1, "eval": t3 - t2, "total": t3 - t0}}
     write_text_atomic(run_dir / "results.json", json.dumps(out, indent=1))
     return out
+
+
+def features_digest(x: np.ndarray) -> str:
+    """The item vectors an item_features generator reads, as they enter it (float32): part of its
+    resume identity, so a checkpoint resumes only on the vectors it was trained on."""
+    import torch
+
+    from .checkpoint import tensor_digest
+
+    return tensor_digest({"features": torch.as_tensor(np.asarray(x, np.float32))})
 
 
 def generator_kind(args) -> str:

@@ -104,14 +104,6 @@ class EncDecConfig:
 LATER_FIELDS = ("item_features", "tied_output")
 
 
-def features_fingerprint(features) -> str:
-    """sha256 of the float32 item vectors a generator with item_features reads (part of its identity)."""
-    import hashlib
-
-    a = np.ascontiguousarray(np.asarray(features, np.float32))
-    return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
-
-
 @dataclass(frozen=True)
 class SASRecConfig:
     """The SASRec anchor (item ids, full-softmax cross entropy)."""

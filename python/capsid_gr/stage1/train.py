@@ -44,10 +44,10 @@ from ..tokenizer.forward import forward_all_depths
 from ..tokenizer.inference import tokenize_items
 from ..tokenizer.hamr import HaMRConfig, hamr_from_config, routing_embedding, sids_from_tokens
 from .init import InitConfig, data_init
-from ..checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer, save_checkpoint,
+from ..checkpoint import (differences, flatten_optimizer, load_checkpoint, require_meta, restore_optimizer, save_checkpoint,
                          write_atomic)
 from ..collective import gather_forward
-from ..checks import check_config, short
+from ..checks import check_config
 
 
 def _tokenizer_identity(stored: Optional[dict], config) -> Optional[dict]:
@@ -59,19 +59,13 @@ def _tokenizer_identity(stored: Optional[dict], config) -> Optional[dict]:
     return {k: stored.get(k) for k in config.identity()}
 
 
-def _differences(stored: dict, now: dict, limit: int = 3) -> str:
-    keys = [k for k in now if stored.get(k) != now[k]] or sorted(set(stored) - set(now))
-    parts = [f"{k}: checkpoint {short(stored.get(k))}, this run {short(now.get(k))}" for k in keys[:limit]]
-    return "; ".join(parts) + (f"; {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def _resume_mismatch(meta: dict, cfg: "Stage1Config", x_digest: str, config) -> Optional[str]:
     """Why a checkpoint cannot resume this run (None: it can): the Stage-1 settings, the item
     vectors, or the tokenizer's identity (`CapsIDConfig.identity()`: shape and routing, not the
     execution options) differ; the first differing fields are named."""
     settings = json.loads(json.dumps(cfg.to_dict()))
     if meta.get("config") != settings:
-        return "Stage-1 " + _differences(meta.get("config") or {}, settings)
+        return "Stage-1 " + differences(meta.get("config") or {}, settings)
     if meta.get("vectors") != x_digest:
         return "other item vectors"
     identity = json.loads(json.dumps(config.identity()))
@@ -79,7 +73,7 @@ def _resume_mismatch(meta: dict, cfg: "Stage1Config", x_digest: str, config) -> 
     if stored is None:
         return "no tokenizer config stored"
     if stored != identity:
-        return "tokenizer " + _differences(stored, identity)
+        return "tokenizer " + differences(stored, identity)
     return None
 
 

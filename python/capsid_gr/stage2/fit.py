@@ -122,22 +122,13 @@ def validation_users(split: Split, cfg: FitConfig) -> np.ndarray:
     return np.sort(pick[: cfg.val_users] if cfg.val_users else pick)
 
 
-def first_difference(stored, wanted, path: str = "") -> str:
-    """'model.generator.hidden: checkpoint 64, this run 128' for the first field that differs."""
-    if isinstance(stored, dict) and isinstance(wanted, dict):
-        for k in list(wanted) + [k for k in stored if k not in wanted]:
-            if stored.get(k, "<absent>") != wanted.get(k, "<absent>"):
-                return first_difference(stored.get(k, "<absent>"), wanted.get(k, "<absent>"), f"{path}{k}.")
-    return f"{path.rstrip('.')}: checkpoint {short(stored)}, this run {short(wanted)}"
-
-
 def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitConfig = FitConfig(), *,
                    device=None, out_dir: Optional[Path] = None, resume: bool = True, identity: Optional[dict] = None,
                    show_progress: bool = True, log: Optional[Callable[[dict], None]] = None) -> FitResult:
     """Train `model` (anything with `loss(items [B, T], targets [B, T]) -> (mean loss, count)`)
     on `split.train`; `recommender.recommend(histories, num_beams, top_k, batch_size)` ranks the
     validation users. Leaves the best state loaded and the model in eval mode."""
-    from ..checkpoint import (flatten_optimizer, load_checkpoint, require_meta, restore_optimizer,
+    from ..checkpoint import (differences, flatten_optimizer, load_checkpoint, require_meta, restore_optimizer,
                               save_checkpoint, write_atomic)
 
     start = time.perf_counter()
@@ -166,10 +157,10 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
     key = json.loads(json.dumps({"fit": cfg.identity(), "model": identity or {}}))
     if ckpt is not None and resume and ckpt.is_file():
         tensors, meta = load_checkpoint(ckpt)
-        if {k: meta.get(k) for k in key} != key:
-            raise ValueError(f"{ckpt}: written with other settings or another model "
-                             f"({first_difference({k: meta.get(k) for k in key}, key)}); use another output "
-                             "folder or resume=False")
+        stored = {k: meta.get(k) for k in key}
+        if stored != key:
+            raise ValueError(f"{ckpt}: written with other settings or another model ({differences(stored, key)}); "
+                             "use another output folder or resume=False")
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
         require_meta(ckpt, meta, ("optimizer", "history", "best", "best_epoch", "best_val", "epoch"))
