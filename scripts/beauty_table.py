@@ -23,7 +23,8 @@ from capsid_gr.pipeline import results_table  # noqa: E402
 
 ORDER = ("markov1", "markov", "knn", "sasrec", "rqkmeans", "gaoq", "rqvae", "rqvae-hamr", "capsid", "capsid-dedup", "capsid-nobpe", "capsid-hard",
          "capsid-t1", "capsid-len2", "capsid-len4", "capsid-nospread", "capsid-freqbpe", "capsid-hamr")
-KEEP = ("variant", "seed", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "code_recall@50", "head_recall@10",
+KEEP = ("variant", "seed", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@10_unseen", "ndcg@10_unseen",
+        "history_share@10", "code_recall@50", "head_recall@10",
         "torso_recall@10", "tail_recall@10", "cold_recall@10", "mean_length", "latency_ms_per_query",
         "val_recall@10", "stage2_best_epoch", "stage2_epochs_run", "stage2_stopped_by", "merges",
         "collision_rate", "stop_fractions", "stage1_seconds", "fit_seconds", "tokenizer_metrics", "seconds",

@@ -189,6 +189,34 @@ def test_encdec_untied_output_starts_from_the_token_rows_and_trains_apart(data):
         EncDecConfig(tied_output="no")
 
 
+def test_encdec_label_smoothing_is_the_smoothed_token_cross_entropy(data, monkeypatch):
+    import torch.nn.functional as F
+
+    items = _rq_items(data)
+    cfg = dict(hidden=32, heads=2, enc_layers=1, dec_layers=1, ffn=64, max_len=20, dropout=0.0)
+    model = EncDecGenerator(items, EncDecConfig(**cfg, label_smoothing=0.2), seed=4).eval()
+    seen = {}
+    real = F.cross_entropy
+
+    def spy(logits, labels, **kw):
+        seen.update(logits=logits.detach().double(), labels=labels)
+        return real(logits, labels, **kw)
+
+    monkeypatch.setattr(F, "cross_entropy", spy)
+    with torch.no_grad():
+        got, n = model.loss(torch.tensor([[0, 1, 2, 5]]), torch.tensor([[1, 2, 5, 7]]))
+    keep = seen["labels"] != -100
+    logp = torch.log_softmax(seen["logits"][keep], dim=-1)
+    lab = seen["labels"][keep]
+    # (1 - e) * (-log p[label]) + e * mean over the vocabulary of -log p, averaged over the tokens
+    want = (0.8 * -logp.gather(1, lab[:, None])[:, 0] + 0.2 * -logp.mean(1)).mean()
+    assert n == int(keep.sum()) > 0
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    for bad in (-0.1, 1.0, True, "0.1"):
+        with pytest.raises(ValueError, match="EncDecConfig.label_smoothing: expected a (finite )?number in"):
+            EncDecConfig(label_smoothing=bad)
+
+
 def test_fit_resumes_to_the_uninterrupted_result(data, tmp_path):
     split = data.split(max_history=20)
     cfg = FitConfig(**{**FIT, "epochs": 4})
@@ -308,6 +336,7 @@ def test_encdec_identity_leaves_later_fields_out_at_their_defaults(data):
     assert "item_features" not in base and "tied_output" not in base  # older checkpoints carry neither
     assert EncDecConfig(item_features=True).identity()["item_features"] is True
     assert EncDecConfig(tied_output=False).identity()["tied_output"] is False
+    assert "label_smoothing" not in base and EncDecConfig(label_smoothing=0.1).identity()["label_smoothing"] == 0.1
     v = np.asarray(data.item_vectors, np.float32)
     w = v.copy()
     w[0, 0] += 1e-3

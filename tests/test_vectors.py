@@ -117,3 +117,36 @@ def test_beauty_attribute_vectors_end_to_end(tmp_path):
     assert v.shape == (12101, 32)
     m = tokenizer_metrics(np.zeros((12101, 1), dtype=np.int64), (1,), v)
     assert m["collision_rate"] > 0.99  # one code for everything: the metric's sanity floor
+
+
+def test_block_weights_scale_a_block_and_leave_default_cache_keys_alone():
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((60, 12)), rng.standard_normal((60, 12))
+    # all weights 1 is the unweighted reduction, to the bit
+    assert np.array_equal(reduce_and_normalise([a, b], d=8, weights=(1.0, 1.0)), reduce_and_normalise([a, b], d=8))
+    # a tiny weight on b leaves (almost) a's own reduction; an even weight does not
+    only_a = reduce_and_normalise([a], d=8)
+    near_a = reduce_and_normalise([a, b], d=8, weights=(1.0, 1e-6))
+    even = reduce_and_normalise([a, b], d=8)
+    gram = lambda z: z @ z.T  # noqa: E731 (rotation-free comparison of two PCA bases)
+    assert np.abs(gram(near_a) - gram(only_a)).max() < 1e-4
+    assert np.abs(gram(even) - gram(only_a)).max() > 0.1
+    with pytest.raises(ValueError, match="one per block"):
+        reduce_and_normalise([a, b], d=8, weights=(1.0,))
+    assert "weights" not in VectorConfig().to_dict()  # caches written before weights existed keep their key
+    assert VectorConfig(sources=("content", "cooc"), weights=(1, 0.75)).to_dict()["weights"] == (1.0, 0.75)
+    for bad in [(1.0,), (1.0, 0.0), (1.0, float("inf")), (1.0, True)]:
+        with pytest.raises(ValueError, match="weights: expected one finite number > 0 per source"):
+            VectorConfig(sources=("content", "cooc"), weights=bad)
+
+
+def test_block_weights_flag_reaches_the_vectors(tmp_path):
+    from capsid_gr.cli import main
+
+    data_args = ["--items", "300", "--users", "200", "--sources", "given,attr", "--cache-dir", str(tmp_path), "--quiet"]
+    one, two = tmp_path / "w1.npy", tmp_path / "w2.npy"
+    assert main(["vectors", *data_args, "--save", str(one), "--no-signal"]) == 0
+    assert main(["vectors", *data_args, "--block-weights", "1,0.2", "--save", str(two), "--no-signal"]) == 0
+    assert not np.allclose(np.load(one), np.load(two))
+    with pytest.raises(SystemExit):
+        main(["vectors", *data_args, "--block-weights", "1", "x"])

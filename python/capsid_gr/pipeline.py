@@ -25,7 +25,7 @@ import numpy as np
 from .atomic import writable_folder, write_text_atomic
 from .checks import short
 from .jobs.tokenizers import ALIASES, BASELINES, DISAMBIGUATED, TOKENIZERS, canonical, capsid_variant
-from .flags import NameList
+from .flags import NameList, NumberList
 from .routing_flags import add_routing_arguments, routing_overrides
 
 VARIANTS = TOKENIZERS
@@ -199,7 +199,8 @@ def item_vectors(data, args, device) -> tuple[np.ndarray, dict]:
         return data.item_vectors, {"source": "synthetic (given)"}
     from .vectors import VectorConfig, build_item_vectors
 
-    cfg = VectorConfig(sources=tuple(args.vector_sources))
+    weights = getattr(args, "block_weights", None)
+    cfg = VectorConfig(sources=tuple(args.vector_sources), weights=None if weights is None else tuple(weights))
     return build_item_vectors(data, cfg, device=str(device), show_progress=not args.quiet)
 
 
@@ -487,7 +488,8 @@ def run_anchor(name: str, seed: int, data, args, device, x: np.ndarray | None = 
     return out
 
 
-TABLE_COLUMNS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "code_recall@50", "head_recall@10",
+TABLE_COLUMNS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@10_unseen", "ndcg@10_unseen",
+                 "history_share@10", "code_recall@50", "head_recall@10",
                  "torso_recall@10", "tail_recall@10", "cold_recall@10", "mean_length", "not_first_in_leaf", "latency_ms_per_query")
 
 
@@ -533,6 +535,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                    default=["content", "cooc"],
                    help="item-vector sources when --vectors is not given, space- or comma-separated "
                         "(capsid vectors prints each one's signal)")
+    p.add_argument("--block-weights", dest="block_weights", action=NumberList, default=None, metavar="W",
+                   help="one weight per vector source, in --vector-sources order (default: all 1)")
     p.add_argument("--stage2-epochs", type=int, default=None)
     p.add_argument("--set", action="append", type=parse_override, metavar="SECTION.FIELD=VALUE",
                    help="override one preset setting, e.g. --set stage2.patience=5 --set tokenizer.capsules=128 "

@@ -18,18 +18,24 @@ import torch
 from ..collective import DistContext
 from ..ranking import metrics_from_rank, target_rank
 from .decode import Recommender
+from .evaluate import history_ranks, unseen_metrics
 
 
 def target_ranks_sharded(rec: Recommender, histories: Sequence[np.ndarray], targets: np.ndarray, dist: DistContext,
                          *, num_beams: int = 50, top_k: Optional[int] = None,
                          batch_size: int = 64) -> tuple[np.ndarray, dict]:
-    """(rank of each query's target [Q] in item order on every rank, this rank's timing)."""
+    """(per query, in item order on every rank: [Q, 3] = the target's rank, its rank with the
+    query's history removed and the history items in its top 10 (`history_ranks`); this rank's
+    timing)."""
     q = len(histories)
     lo, hi = dist.bounds(q, align=batch_size)
     top_k = top_k or num_beams
     ranked, timing = rec.recommend(list(histories[lo:hi]), num_beams=num_beams, top_k=top_k, batch_size=batch_size)
-    local = torch.as_tensor(target_rank(ranked.reshape(-1, top_k), np.asarray(targets)[lo:hi]), dtype=torch.int64)
-    ranks = dist.all_gather_rows(local, q, align=batch_size).numpy()
+    ranked = ranked.reshape(-1, top_k)
+    local_t = np.asarray(targets)[lo:hi]
+    unseen, seen10 = history_ranks(ranked, list(histories[lo:hi]), local_t)
+    local = torch.as_tensor(np.stack([target_rank(ranked, local_t), unseen, seen10], 1), dtype=torch.int64)
+    ranks = dist.all_gather_rows(local, q, align=batch_size).numpy()  # [Q, 3]
     (slowest,) = (timing["decode_seconds"],) if not dist.active else _max(dist, timing["decode_seconds"])
     timing = {**timing, "local_queries": hi - lo, "decode_seconds_local": timing["decode_seconds"],
               "decode_seconds": slowest, "queries_per_second": q / slowest if slowest > 0 else float("nan")}
@@ -49,8 +55,8 @@ def evaluate_sharded(rec: Recommender, histories: Sequence[np.ndarray], targets:
     masks = None
     if tiers is not None:
         masks = {"head": tiers.head, "torso": tiers.torso, "tail": tiers.tail, "cold": tiers.cold}
-    return {"queries": len(histories), **metrics_from_rank(ranks, np.asarray(targets), ks, masks), **timing,
-            "world": dist.world}
+    return {"queries": len(histories), **metrics_from_rank(ranks[:, 0], np.asarray(targets), ks, masks), **timing,
+            **unseen_metrics(ranks[:, 1], ranks[:, 2], np.asarray(targets), ks), "world": dist.world}
 
 
 def _max(dist: DistContext, value: float) -> tuple[float]:

@@ -64,7 +64,8 @@ class EncDecConfig:
     item_features: a history item also enters as a learned linear map of its frozen item
     vector (the tokenizer's input, passed as `features`), so items with similar vectors enter
     alike even when their SIDs part early; tied_output: the output projection is the token
-    embedding (TIGER, SPEC §6) or, when False, a separate matrix started from the same rows."""
+    embedding (TIGER, SPEC §6) or, when False, a separate matrix started from the same rows;
+    label_smoothing: of the token cross entropy in training (0 = none)."""
 
     hidden: int = 128
     heads: int = 4
@@ -79,10 +80,14 @@ class EncDecConfig:
     item_ids: bool = False
     item_features: bool = False
     tied_output: bool = True
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         check_config(self)
         _check_sizes(self, ("hidden", "heads", "enc_layers", "dec_layers", "ffn", "max_len"))
+        ls = self.label_smoothing
+        if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 <= ls < 1:
+            raise ValueError(f"EncDecConfig.label_smoothing: expected a number in [0, 1), got {short(ls)}")
         for n in ("item_ids", "item_features", "tied_output"):
             if not isinstance(getattr(self, n), bool):
                 raise ValueError(f"EncDecConfig.{n}: expected a bool, got {short(getattr(self, n))}")
@@ -92,7 +97,7 @@ class EncDecConfig:
 
     def identity(self) -> dict:
         """What a checkpoint must match to resume: every field, except that fields added after
-        checkpoints were first written (item_features, tied_output) are left out at their
+        checkpoints were first written (item_features, tied_output, label_smoothing) are left out at their
         defaults, so those older checkpoints still resume."""
         d = self.to_dict()
         for name in LATER_FIELDS:
@@ -101,7 +106,7 @@ class EncDecConfig:
         return d
 
 
-LATER_FIELDS = ("item_features", "tied_output")
+LATER_FIELDS = ("item_features", "tied_output", "label_smoothing")
 
 
 @dataclass(frozen=True)
@@ -350,7 +355,8 @@ class EncDecGenerator(nn.Module):
         logits = self.logits(x)
         lab = lab.masked_fill(lab == PAD, IGNORE)
         n = int((lab != IGNORE).sum())
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1), ignore_index=IGNORE), n
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1), ignore_index=IGNORE,
+                               label_smoothing=float(self.config.label_smoothing)), n
 
     # ------------------------------------------------------------------ decoding
 

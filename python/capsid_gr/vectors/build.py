@@ -44,13 +44,17 @@ def cache_key(data: SequenceDataset, cfg: VectorConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def reduce_and_normalise(blocks: list[np.ndarray], d: int) -> np.ndarray:
-    """Concatenate unit-scaled blocks, PCA to d dimensions, ell2-normalise rows."""
+def reduce_and_normalise(blocks: list[np.ndarray], d: int, weights=None) -> np.ndarray:
+    """Concatenate unit-scaled blocks (each times its weight, default 1), PCA to d dimensions,
+    ell2-normalise rows."""
+    weights = [1.0] * len(blocks) if weights is None else list(weights)
+    if len(weights) != len(blocks):
+        raise ValueError(f"weights: expected one per block ({len(blocks)}), got {len(weights)}")
     scaled = []
-    for b in blocks:
+    for b, w in zip(blocks, weights):
         b = np.asarray(b, dtype=np.float64)
         norm = np.linalg.norm(b, axis=1, keepdims=True)
-        scaled.append(np.where(norm > 0, b / np.where(norm > 0, norm, 1.0), 0.0) / np.sqrt(len(blocks)))
+        scaled.append(np.where(norm > 0, b / np.where(norm > 0, norm, 1.0), 0.0) * (w / np.sqrt(len(blocks))))
     z = np.concatenate(scaled, axis=1)
     z = z - z.mean(axis=0, keepdims=True)
     if z.shape[1] > d:
@@ -80,7 +84,7 @@ def build_item_vectors(data: SequenceDataset, cfg: VectorConfig = VectorConfig()
         if cached is not None:
             return cached, {**info, "cached": True}
     blocks = [_cached_block(data, cfg, source, cache_dir, device, show_progress) for source in cfg.sources]
-    vectors = reduce_and_normalise(blocks, cfg.d)
+    vectors = reduce_and_normalise(blocks, cfg.d, cfg.weights)
     cache_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, vectors)
@@ -195,14 +199,16 @@ def _stale(path: Path, why: str) -> None:
 
 
 def block_signal(data: SequenceDataset, cfg: VectorConfig, vectors: np.ndarray, *, cache_dir: Path | None = None,
-                 device: str = "cpu", k: int = 10) -> dict[str, float]:
-    """Last-item nearest-neighbour Recall@k (test queries) of each source block, of the final
-    vectors and of popularity alone, so that a block that carries no next-item signal shows."""
+                 device: str = "cpu", k: int = 10, queries: str = "test") -> dict[str, float]:
+    """Last-item nearest-neighbour Recall@k (test or validation queries) of each source block, of
+    the final vectors and of popularity alone, so that a block that carries no next-item signal
+    shows. Block weights are chosen on "valid"."""
     from .diagnostics import last_item_nn_recall, popularity_recall
 
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = {"popularity": popularity_recall(data, k)}
+    out = {"popularity": popularity_recall(data, k, queries)}
     for source in cfg.sources:
-        out[source] = last_item_nn_recall(_cached_block(data, cfg, source, cache_dir, device, False), data, k)
-    out["final"] = last_item_nn_recall(vectors, data, k)
+        out[source] = last_item_nn_recall(_cached_block(data, cfg, source, cache_dir, device, False), data, k,
+                                          queries=queries)
+    out["final"] = last_item_nn_recall(vectors, data, k, queries=queries)
     return out

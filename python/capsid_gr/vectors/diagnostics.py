@@ -9,23 +9,34 @@ import numpy as np
 from ..data.dataset import SequenceDataset
 
 
-def last_item_nn_recall(vectors: np.ndarray, data: SequenceDataset, k: int = 10, batch: int = 4096) -> float:
-    """Recall@k on the leave-one-out test queries of the nearest neighbours of the last history item."""
+QUERIES = ("test", "valid")
+
+
+def _queries(data: SequenceDataset, queries: str):
+    if queries not in QUERIES:
+        raise ValueError(f"queries: expected one of {QUERIES}, got {queries!r}")
     split = data.split()
+    return split.test if queries == "test" else split.valid
+
+
+def last_item_nn_recall(vectors: np.ndarray, data: SequenceDataset, k: int = 10, batch: int = 4096,
+                        queries: str = "test") -> float:
+    """Recall@k on the leave-one-out test (or validation) queries of the nearest neighbours of the
+    last history item. Choose anything tuned by it (block weights) on "valid"."""
+    q_all = _queries(data, queries)
     v = np.asarray(vectors, np.float64)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    last = split.test.history[np.arange(len(split.test.length)), np.maximum(split.test.length - 1, 0)]
+    last = q_all.history[np.arange(len(q_all.length)), np.maximum(q_all.length - 1, 0)]
     hits = 0
     for lo in range(0, len(last), batch):
         q = last[lo: lo + batch]
         s = v[q] @ v.T
         s[np.arange(len(q)), q] = -np.inf
         top = np.argpartition(-s, k, axis=1)[:, :k]
-        hits += int((top == split.test.target[lo: lo + batch, None]).any(1).sum())
+        hits += int((top == q_all.target[lo: lo + batch, None]).any(1).sum())
     return hits / max(len(last), 1)
 
 
-def popularity_recall(data: SequenceDataset, k: int = 10) -> float:
-    split = data.split()
+def popularity_recall(data: SequenceDataset, k: int = 10, queries: str = "test") -> float:
     top = np.argsort(-data.popularity(), kind="stable")[:k]
-    return float(np.isin(split.test.target, top).mean())
+    return float(np.isin(_queries(data, queries).target, top).mean())
