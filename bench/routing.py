@@ -1,17 +1,29 @@
-"""Routing forward benchmark: eager reference, torch.compile(eager), Triton, the CUDA C++ kernel; and the whole tokenizer.
+"""Routing benchmarks: eager reference, torch.compile(eager), the fair anchor, Triton, CUDA C++; the whole tokenizer.
 
     python bench/routing.py --out bench/results            # the full suite (GPU)
     python bench/routing.py --quick                        # N = 16384 and 65536 only
     python bench/routing.py --sweep                        # Triton tile configurations, bf16 default
     python bench/routing.py --train                        # training step of one layer (fwd + bwd)
     python bench/routing.py --train --train-stack          # ... and of the whole stack with Stage 1's loss
+    python bench/routing.py --fair                         # bf16 forward + training step vs the fair anchor
+
+Backends (``--backends``, ``--train-backends``): ``eager`` (``route_reference``), ``compile``
+(``torch.compile`` of it), ``fair`` and ``fair_compile`` (the fair anchor, ``anchors.route_fair_anchor``,
+eager and ``torch.compile``d: the reference's math with the vote GEMM on bf16 tensor cores and float32
+softmax/accumulation, KERNELS.md "Fair anchors"), ``triton`` and ``cuda`` (forward only). The fair rows
+exist for bf16 only: for fp32 and tf32 the fair anchor is the reference's own math, so those dtypes take
+the ``compile`` row as their fair compiled anchor. ``speedup_vs_fair_compile`` (and, for training,
+``peak_vs_fair_compile``) is every row against that anchor of its (dtype, shapes) case, ``fair_anchor``
+names the row it was taken from; ``speedup_vs_eager``/``speedup_vs_compile`` are against the reference.
+``--fair`` runs only that comparison: bf16, default preset, N in ``--fair-ns``, forward rows (``--backends``)
+then the one-layer training step (``--train-backends``), to ``<out>/<tag>_fair.json``.
 
 One row per (preset, precision, N, backend): median ms, ns per item-layer, TFLOP/s, peak memory.
 TFLOP/s counts the Triton schedule's tensor-core work, T vote GEMMs of 2·N·K·d_c·d each (round 1
 is a mean-vote GEMM, K times smaller, not counted), for every backend alike, so the column is a
 rate of useful-equivalent work. Inputs: fresh unit residuals; several input sets rotated so the
-residuals are not served from L2 (W, b, D stay fixed, as in the tokenizer). Eager and compile
-are skipped where their [N, K, d_c] votes would not fit (the row says so). The tokenizer row
+residuals are not served from L2 (W, b, D stay fixed, as in the tokenizer). Eager, compile and
+the fair anchor are skipped where their [N, K, d_c] votes would not fit (the row says so). The tokenizer row
 runs L_max = 6 depths with early exit on ``synthetic_item_vectors`` (default 35.8M items).
 Rows go to ``<out>/routing.json`` and a plot to ``<out>/routing.png``.
 Training rows (``--train``, ``--train-stack``, issue 7) go to ``<out>/routing_train.json``
@@ -21,6 +33,7 @@ Training rows (``--train``, ``--train-stack``, issue 7) go to ``<out>/routing_tr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -41,6 +54,18 @@ PRESETS = {"default": dict(K=256, dc=64, d=128), "industrial": dict(K=1024, dc=9
 PRECS = {"fp32": (torch.float32, "exact"), "tf32": (torch.float32, "tf32"), "bf16": (torch.bfloat16, "exact")}
 ROUNDS = 3
 EAGER_BYTES_LIMIT = 40 * 2**30  # eager peaks at ~2.5 live [N, K, d_c] float32 tensors (measured)
+FORWARD_BACKENDS = ("eager", "compile", "fair", "fair_compile", "triton", "cuda")
+TRAIN_BACKENDS = ("eager", "compile", "fair", "fair_compile", "triton")
+VOTES_IN_MEMORY = ("eager", "compile", "fair", "fair_compile")  # they hold [N, K, d_c] float32 votes
+COMPILED = ("compile", "fair_compile")
+# The fair compiled anchor of each dtype: where the reference already does the kernel's precision of
+# work (fp32, tf32), it is the compiled reference itself.
+FAIR_ANCHOR = {"bf16": "fair_compile", "fp32": "compile", "tf32": "compile"}
+
+
+def runs_for(backend: str, prec: str) -> bool:
+    """Whether ``backend`` has a row at ``prec``: the fair anchor only where it differs from the reference."""
+    return backend not in ("fair", "fair_compile") or FAIR_ANCHOR[prec] == "fair_compile"
 
 
 def make_layer(K, dc, d, dtype, seed, device="cuda"):
@@ -74,8 +99,34 @@ def matmul_ceiling(env) -> list[dict]:
     return rows
 
 
-def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, out, tag) -> list[dict]:
+def layer_fns(W, b, D, precision: str, *, compiled: Callable[..., Any], fair_compiled: Callable[..., Any]
+              ) -> dict[str, Callable[[torch.Tensor], Any]]:
+    """One routing layer ``r -> RouteOutput`` (T = ROUNDS, soft) on fixed W, b, D for every backend name;
+    ``compiled``/``fair_compiled`` are the caller's ``torch.compile`` of the reference and the fair anchor."""
     import capsid_kernels as ck
+    from anchors import route_fair_anchor
+    from capsid_kernels.reference import route_reference
+
+    return {
+        "eager": lambda r: route_reference(r, W, b, D, rounds=ROUNDS),
+        "compile": lambda r: compiled(r, W, b, D, rounds=ROUNDS),
+        "fair": lambda r: route_fair_anchor(r, W, b, D, rounds=ROUNDS),
+        "fair_compile": lambda r: fair_compiled(r, W, b, D, rounds=ROUNDS),
+        "triton": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="triton"),
+        "cuda": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="cuda"),
+    }
+
+
+def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, out, tag,
+               device: str = "cuda") -> list[dict]:
+    """Forward of one layer: one row per (preset, precision, N, backend), in the order of ``backends``.
+
+    ``fair``/``fair_compile`` rows only at bf16 (``runs_for``); ``compile`` and ``fair_compile`` only for
+    the ``compile_cases``. Out of memory and a backend that cannot run these inputs (``device="cpu"``,
+    for the CPU tests: Triton and CUDA) become a row with ``error``. Ratios are added by ``route_ratios``.
+    """
+    import capsid_kernels as ck
+    from anchors import route_fair_anchor
     from capsid_kernels.ops._precision import matmul_precision
     from capsid_kernels.reference import route_reference
 
@@ -84,25 +135,23 @@ def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, ou
         K, dc, d = (PRESETS[preset][k] for k in ("K", "dc", "d"))
         for prec in precs:
             dtype, precision = PRECS[prec]
-            W, b, D = make_layer(K, dc, d, dtype, seed=1)
+            W, b, D = make_layer(K, dc, d, dtype, seed=1, device=device)
             tf32 = precision == "tf32"
-            compiled = torch.compile(route_reference, dynamic=True)
+            fns = layer_fns(W, b, D, precision, compiled=torch.compile(route_reference, dynamic=True),
+                            fair_compiled=torch.compile(route_fair_anchor, dynamic=True))
             for n in ns:
                 rsize = n * d * W.element_size()
-                inputs = [unit_rows(n, d, dtype, seed=100 + i) for i in range(rotation_count(rsize))]
+                inputs = [unit_rows(n, d, dtype, seed=100 + i, device=device) for i in range(rotation_count(rsize))]
                 shapes = {"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "mode": "soft", "preset": preset}
                 flops = 2.0 * n * K * dc * d * ROUNDS
                 for backend in backends:
-                    if backend == "compile" and compile_cases != "all" and f"{preset}:{prec}" not in compile_cases:
+                    if not runs_for(backend, prec):
                         continue
-                    fn = {
-                        "eager": lambda r: route_reference(r, W, b, D, rounds=ROUNDS),
-                        "compile": lambda r: compiled(r, W, b, D, rounds=ROUNDS),
-                        "triton": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="triton"),
-                        "cuda": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="cuda"),
-                    }[backend]
+                    if backend in COMPILED and compile_cases != "all" and f"{preset}:{prec}" not in compile_cases:
+                        continue
+                    fn = fns[backend]
                     err = None
-                    if backend in ("eager", "compile") and n * K * dc * 4 * 2.5 > EAGER_BYTES_LIMIT:
+                    if backend in VOTES_IN_MEMORY and n * K * dc * 4 * 2.5 > EAGER_BYTES_LIMIT:
                         err = f"skipped: eager votes [N, K, d_c] need {n * K * dc * 4 / 2**30:.1f} GiB each"
                     timing = None
                     if err is None:
@@ -112,17 +161,33 @@ def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, ou
                         except torch.OutOfMemoryError as e:  # noqa: PERF203
                             err = f"out of memory: {str(e)[:120]}"
                             torch.cuda.empty_cache()
+                        except ck.BackendUnavailable as e:
+                            err = f"unavailable: {e}"
                     rows.append(make_row(op="route", backend=backend, dtype=prec, shapes=shapes, timing=timing,
                                          items=n, flops=flops, env=env, **({"error": err} if err else {})))
                     r = rows[-1]
-                    print(f"{preset:10s} {prec:5s} N={n:7d} {backend:8s} "
+                    print(f"{preset:10s} {prec:5s} N={n:7d} {backend:12s} "
                           + (f"{r['ns_per_item_layer']:9.2f} ns/item-layer {r.get('tflops', 0):7.1f} TFLOP/s "
                              f"peak {r.get('peak_mib', 0):9.1f} MiB" if timing else err), flush=True)
                 del inputs
-            del W, b, D, compiled
+            del W, b, D, fns
             torch.cuda.empty_cache()
             write_rows(rows, out / f"{tag}_partial.json")
     return rows
+
+
+def route_ratios(route: Sequence[dict]) -> None:
+    """``add_ratios`` on every (preset, dtype, N) case of the forward rows, and ``speedup_vs_triton``
+    on the CUDA C++ rows (the two fast backends against each other, same run)."""
+    cases: dict[tuple, list[dict]] = {}
+    for r in route:
+        cases.setdefault((r["dtype"], json.dumps(r["shapes"], sort_keys=True)), []).append(r)
+    for case in cases.values():
+        add_ratios(case)
+        t = next((x for x in case if x["backend"] == "triton" and "median_ms" in x), None)
+        for r in case:
+            if r["backend"] == "cuda" and "median_ms" in r:
+                r["speedup_vs_triton"] = round(t["median_ms"] / r["median_ms"], 3) if t else None
 
 
 def tokenizer_rows(n, prec, env, chunk, repeats, backend="triton") -> list[dict]:
@@ -205,8 +270,8 @@ def train_case(step, inputs, *, op: str, backend: str, prec: str, shapes: dict, 
         err = f"out of memory: {str(e)[:120]}"
     except ck.BackendUnavailable as e:
         err = f"unavailable: {e}"
-    except Exception as e:  # noqa: BLE001  inductor/dynamo failures are a data point of the compile row
-        if backend != "compile":
+    except Exception as e:  # noqa: BLE001  inductor/dynamo failures are a data point of the compile rows
+        if backend not in COMPILED:
             raise
         err = f"torch.compile failed: {type(e).__name__}: {str(e)[:200]}"
     torch.cuda.empty_cache()
@@ -223,50 +288,64 @@ def train_case(step, inputs, *, op: str, backend: str, prec: str, shapes: dict, 
 
 
 def add_ratios(case: list[dict]) -> None:
-    """speedup_vs_eager, speedup_vs_compile and peak_vs_eager on the rows of one (dtype, N) case."""
+    """Ratios on the rows of one (dtype, shapes) case: ``speedup_vs_eager``, ``speedup_vs_compile`` and
+    ``speedup_vs_fair_compile`` (its time over the row's), ``peak_vs_eager`` and ``peak_vs_fair_compile``
+    (the row's peak over its). The fair compiled anchor is the ``FAIR_ANCHOR`` row of the case's dtype,
+    named in ``fair_anchor`` on every row that got a ratio against it."""
     base = {r["backend"]: r for r in case if "median_ms" in r}
     for r in case:
-        for other in ("eager", "compile"):
+        fair = FAIR_ANCHOR.get(r["dtype"], "compile")
+        for name, other in (("eager", "eager"), ("compile", "compile"), ("fair_compile", fair)):
             if "median_ms" in r and other in base:
-                r[f"speedup_vs_{other}"] = round(base[other]["median_ms"] / r["median_ms"], 2)
-        if r.get("peak_mib") and "eager" in base and base["eager"].get("peak_mib"):
-            r["peak_vs_eager"] = round(r["peak_mib"] / base["eager"]["peak_mib"], 4)
+                r[f"speedup_vs_{name}"] = round(base[other]["median_ms"] / r["median_ms"], 2)
+        for name, other in (("eager", "eager"), ("fair_compile", fair)):
+            if r.get("peak_mib") and other in base and base[other].get("peak_mib"):
+                r[f"peak_vs_{name}"] = round(r["peak_mib"] / base[other]["peak_mib"], 4)
+        if "speedup_vs_fair_compile" in r:
+            r["fair_anchor"] = fair
 
 
 @torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)  # see fresh_compile
-def train_rows(ns, precs, env, max_time_ms, on_case: Optional[Callable[[list[dict]], None]] = None) -> list[dict]:
+def train_rows(ns, precs, env, max_time_ms, on_case: Optional[Callable[[list[dict]], None]] = None, *,
+               backends: Sequence[str] = TRAIN_BACKENDS, dims: Optional[dict] = None,
+               device: str = "cuda") -> list[dict]:
     """Training step of one layer (issue 7): forward + backward to r, W, b and D, default preset.
 
-    The loss takes r' and q (upstream gradients fixed random tensors, never zeros); eager autograd
-    of the reference, torch.compile of it (forward and backward compiled), and the Triton backend
-    (fused forward that saves O(N·T·d_c), fused backward). Ratios and peak memory from this run.
-    ``on_case(rows)`` is called with the rows so far after every (dtype, N) case.
+    The loss takes r' and q (upstream gradients fixed random tensors, never zeros). Backends: eager
+    autograd of the reference, torch.compile of it (forward and backward compiled), the fair anchor
+    eager and compiled (bf16 only, ``runs_for``; issue 20) and the Triton backend (fused forward that
+    saves O(N·T·d_c), fused backward). Ratios and peak memory from this run.
+    ``on_case(rows)`` is called with the rows so far after every (dtype, N) case. ``dims`` (K, dc, d)
+    defaults to the default preset; small ones and ``device="cpu"`` serve the CPU tests.
     """
-    import capsid_kernels as ck
+    from anchors import route_fair_anchor
     from capsid_kernels.reference import route_reference
 
-    K, dc, d = (PRESETS["default"][k] for k in ("K", "dc", "d"))
+    unknown = sorted(set(backends) - set(TRAIN_BACKENDS))
+    if unknown:
+        raise ValueError(f"backends: unknown {unknown}; expected a subset of {TRAIN_BACKENDS}")
+    K, dc, d = ((dims or PRESETS["default"])[k] for k in ("K", "dc", "d"))
     rows = []
     for prec in precs:
         dtype, precision = PRECS[prec]
         tf32 = precision == "tf32"
-        W, b, D = (t.requires_grad_() for t in make_layer(K, dc, d, dtype, seed=1))
-        compiled = fresh_compile(route_reference)
+        W, b, D = (t.requires_grad_() for t in make_layer(K, dc, d, dtype, seed=1, device=device))
+        fwd = layer_fns(W, b, D, precision, compiled=fresh_compile(route_reference),
+                        fair_compiled=fresh_compile(route_fair_anchor))
         for n in ns:
-            g = torch.Generator(device="cuda").manual_seed(7)
-            g_res = torch.randn(n, d, device="cuda", generator=g).to(dtype)
-            g_q = torch.randn(n, device="cuda", generator=g)
-            inputs = [unit_rows(n, d, dtype, seed=200 + i).requires_grad_()
+            g = torch.Generator(device=device).manual_seed(7)
+            g_res = torch.randn(n, d, device=device, generator=g).to(dtype)
+            g_q = torch.randn(n, device=device, generator=g)
+            inputs = [unit_rows(n, d, dtype, seed=200 + i, device=device).requires_grad_()
                       for i in range(rotation_count(n * d * W.element_size()))]
-            shapes = {"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "mode": "soft", "preset": "default"}
-            fwd = {
-                "eager": lambda r: route_reference(r, W, b, D, rounds=ROUNDS),
-                "compile": lambda r: compiled(r, W, b, D, rounds=ROUNDS),
-                "triton": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="triton"),
-            }
+            shapes = {"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "mode": "soft",
+                      "preset": "default" if dims is None else "custom"}
             case = []
-            for backend, f in fwd.items():
-                def step(r, f=f):
+            for backend in backends:
+                if not runs_for(backend, prec):
+                    continue
+
+                def step(r, f=fwd[backend]):
                     out = f(r)
                     return torch.autograd.grad([out.residual, out.confidence], [r, W, b, D], [g_res, g_q])
 
@@ -278,7 +357,7 @@ def train_rows(ns, precs, env, max_time_ms, on_case: Optional[Callable[[list[dic
             if on_case is not None:
                 on_case(rows)
             del inputs, g_res, g_q
-        del W, b, D, compiled
+        del W, b, D, fwd
         torch.cuda.empty_cache()
     return rows
 
@@ -376,7 +455,7 @@ def report_train(rows: Sequence[dict], op: str, path: pathlib.Path, y: str, titl
     """Print the table of one training op's rows and plot ``y`` against N (one panel per dtype)."""
     sub = [r for r in rows if r["op"] == op]
     print_table(sub, ["op", "backend", "dtype", "shapes", y, "peak_mib", "speedup_vs_eager", "speedup_vs_compile",
-                      "peak_vs_eager", "error"])
+                      "speedup_vs_fair_compile", "peak_vs_eager", "peak_vs_fair_compile", "error"])
     plot_rows(sub, path, x="shapes.N", y=y, series=lambda r: f"{r['backend']} {r['dtype']}",
               panel=lambda r: r["dtype"], title=title)
 
@@ -413,21 +492,46 @@ def sweep(env) -> list[dict]:
     return rows
 
 
-def _train_args(p: argparse.ArgumentParser, args) -> tuple[list[int], list[str], list[str]]:
-    """--train-ns, --train-precs and --train-stack-backends parsed and checked (p.error names the bad value)."""
+def _ints(p: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """Comma-separated integers >= 1, or p.error naming ``flag``."""
     try:
-        ns = [int(v) for v in args.train_ns.split(",")]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
-        p.error(f"--train-ns: expected comma-separated integers, got {args.train_ns!r}")
-    if any(n < 1 for n in ns):
-        p.error(f"--train-ns: every N must be >= 1, got {args.train_ns!r}")
-    precs = args.train_precs.split(",")
-    if bad := [v for v in precs if v not in PRECS]:
-        p.error(f"--train-precs: unknown {bad}; expected names from {', '.join(PRECS)}")
-    backends = args.train_stack_backends.split(",")
-    if bad := [v for v in backends if v not in STACK_BACKENDS]:
-        p.error(f"--train-stack-backends: unknown {bad}; expected names from {', '.join(STACK_BACKENDS)}")
-    return ns, precs, backends
+        p.error(f"{flag}: expected comma-separated integers, got {text!r}")
+    if any(v < 1 for v in values):
+        p.error(f"{flag}: every N must be >= 1, got {text!r}")
+    return values
+
+
+def _names(p: argparse.ArgumentParser, flag: str, text: str, known: Sequence[str]) -> list[str]:
+    """Comma-separated names from ``known``, or p.error naming ``flag`` and the unknown ones."""
+    names = text.split(",")
+    if bad := [v for v in names if v not in known]:
+        p.error(f"{flag}: unknown {bad}; expected names from {', '.join(known)}")
+    return names
+
+
+def _checked_args(p: argparse.ArgumentParser, args) -> SimpleNamespace:
+    """The comma-separated flags parsed and checked before anything runs (p.error names the bad one)."""
+    return SimpleNamespace(
+        ns=_ints(p, "--ns", args.ns),
+        presets=_names(p, "--presets", args.presets, tuple(PRESETS)),
+        precs=_names(p, "--precs", args.precs, tuple(PRECS)),
+        backends=_names(p, "--backends", args.backends, FORWARD_BACKENDS),
+        train_ns=_ints(p, "--train-ns", args.train_ns),
+        train_precs=_names(p, "--train-precs", args.train_precs, tuple(PRECS)),
+        train_backends=_names(p, "--train-backends", args.train_backends, TRAIN_BACKENDS),
+        stack_backends=_names(p, "--train-stack-backends", args.train_stack_backends, STACK_BACKENDS),
+        fair_ns=_ints(p, "--fair-ns", args.fair_ns),
+    )
+
+
+def report_route(route: Sequence[dict], path: pathlib.Path, title: str) -> None:
+    """Print the table of the forward rows and plot ns per item-layer against N (one panel per preset)."""
+    print_table(route, ["backend", "dtype", "shapes", "ns_per_item_layer", "tflops", "peak_mib", "speedup_vs_compile",
+                        "speedup_vs_fair_compile", "speedup_vs_triton", "error"])
+    plot_rows(route, path, x="shapes.N", y="ns_per_item_layer", series=lambda r: f"{r['backend']} {r['dtype']}",
+              panel=lambda r: r["shapes"]["preset"], title=title)
 
 
 def main(argv=None) -> int:
@@ -436,7 +540,7 @@ def main(argv=None) -> int:
     p.add_argument("--ns", default="4096,16384,65536,262144")
     p.add_argument("--presets", default="default,industrial")
     p.add_argument("--precs", default="fp32,tf32,bf16")
-    p.add_argument("--backends", default="eager,compile,triton,cuda")
+    p.add_argument("--backends", default=",".join(FORWARD_BACKENDS), help="of the forward rows")
     p.add_argument("--quick", action="store_true", help="N = 16384, 65536 only")
     p.add_argument("--sweep", action="store_true", help="only the Triton tile-configuration sweep")
     p.add_argument("--tokenizer-n", type=int, default=35_800_000, help="0 skips the whole-tokenizer row")
@@ -456,9 +560,14 @@ def main(argv=None) -> int:
                         "with --train, both in one run and one JSON")
     p.add_argument("--train-ns", default="16384,65536")
     p.add_argument("--train-precs", default="bf16,fp32")
+    p.add_argument("--train-backends", default=",".join(TRAIN_BACKENDS), help="of the one-layer training rows")
     p.add_argument("--train-stack-backends", default=",".join(STACK_BACKENDS))
+    p.add_argument("--fair", action="store_true",
+                   help="only the comparison with the fair anchor: bf16, default preset, forward (--backends) and "
+                        "one-layer training step (--train-backends) at N in --fair-ns, to <tag>_fair.json")
+    p.add_argument("--fair-ns", default="65536")
     args = p.parse_args(argv)
-    train_ns, train_precs, stack_backends = _train_args(p, args)
+    lists = _checked_args(p, args)
     if not torch.cuda.is_available():
         print("bench/routing.py needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -471,17 +580,32 @@ def main(argv=None) -> int:
         rows += sweep(env)
         write_rows(rows, out / f"{args.tag}_sweep.json")
         return 0
+    when = f"{env['gpu']} ({env['date'][:10]})"
+    if args.fair:
+        tag = f"{args.tag}_fair"
+        partial = out / f"{tag}_partial.json"  # route_rows writes it too
+        rows += route_rows(["default"], lists.fair_ns, ["bf16"], lists.backends, env, args.max_time_ms, "all",
+                           out, tag)
+        route = [r for r in rows if r["op"] == "route"]
+        route_ratios(route)
+        rows += train_rows(lists.fair_ns, ["bf16"], env, args.max_time_ms, backends=lists.train_backends,
+                           on_case=lambda new: write_rows(rows + new, partial))
+        write_rows(rows, out / f"{tag}.json")
+        partial.unlink(missing_ok=True)
+        report_route(route, out / f"{tag}.png", f"routing forward, T={ROUNDS}, {when}")
+        report_train(rows, "route_train", out / f"{tag}_train.png", "ns_per_item_layer",
+                     f"routing training step (fwd + bwd), T={ROUNDS}, {when}")
+        return 0
     if args.train or args.train_stack:
         partial = out / f"{args.tag}_train_partial.json"  # what a run cut short leaves behind
         if args.train:
-            rows += train_rows(train_ns, train_precs, env, args.max_time_ms,
+            rows += train_rows(lists.train_ns, lists.train_precs, env, args.max_time_ms, backends=lists.train_backends,
                                on_case=lambda new: write_rows(rows + new, partial))
         if args.train_stack:
-            rows += train_stack_rows(train_ns, train_precs, env, args.max_time_ms, backends=stack_backends,
-                                     on_case=lambda new: write_rows(rows + new, partial))
+            rows += train_stack_rows(lists.train_ns, lists.train_precs, env, args.max_time_ms,
+                                     backends=lists.stack_backends, on_case=lambda new: write_rows(rows + new, partial))
         write_rows(rows, out / f"{args.tag}_train{'' if args.train else '_stack'}.json")
         partial.unlink(missing_ok=True)
-        when = f"{env['gpu']} ({env['date'][:10]})"
         if args.train:
             report_train(rows, "route_train", out / f"{args.tag}_train.png", "ns_per_item_layer",
                          f"routing training step (fwd + bwd), T={ROUNDS}, {when}")
@@ -489,33 +613,20 @@ def main(argv=None) -> int:
             report_train(rows, "route_train_stack", out / f"{args.tag}_train_stack.png", "ns_per_item",
                          f"Stage 1 loss over the L_max = 6 stack (fwd + bwd), T={ROUNDS}, {when}")
         return 0
-    ns = [16384, 65536] if args.quick else [int(v) for v in args.ns.split(",")]
+    ns = [16384, 65536] if args.quick else lists.ns
     if args.tokenizer_n:
         for prec in args.tokenizer_precs.split(","):
             for tok_backend in args.tokenizer_backends.split(","):
                 rows += tokenizer_rows(args.tokenizer_n, prec, env, args.chunk, args.tokenizer_repeats, tok_backend)
             write_rows(rows, out / f"{args.tag}.json")
     if not args.skip_route:
-        rows += route_rows(args.presets.split(","), ns, args.precs.split(","), args.backends.split(","), env,
-                           args.max_time_ms, args.compile_cases, out, args.tag)
+        rows += route_rows(lists.presets, ns, lists.precs, lists.backends, env, args.max_time_ms, args.compile_cases,
+                           out, args.tag)
         (out / f"{args.tag}_partial.json").unlink(missing_ok=True)
     route = [r for r in rows if r["op"] == "route"]
-    # Ratios against torch.compile, from this run.
-    for r in route:
-        if r["backend"] == "triton" and "median_ms" in r:
-            c = next((x for x in route if x["backend"] == "compile" and x["dtype"] == r["dtype"]
-                      and x["shapes"] == r["shapes"] and "median_ms" in x), None)
-            r["speedup_vs_compile"] = round(c["median_ms"] / r["median_ms"], 2) if c else None
-        if r["backend"] == "cuda" and "median_ms" in r:  # the C++ kernel against Triton, same run
-            t = next((x for x in route if x["backend"] == "triton" and x["dtype"] == r["dtype"]
-                      and x["shapes"] == r["shapes"] and "median_ms" in x), None)
-            r["speedup_vs_triton"] = round(t["median_ms"] / r["median_ms"], 3) if t else None
+    route_ratios(route)  # from this run
     write_rows(rows, out / f"{args.tag}.json")
-    print_table(route, ["backend", "dtype", "shapes", "ns_per_item_layer", "tflops", "peak_mib", "speedup_vs_compile",
-                        "speedup_vs_triton"])
-    plot_rows(route, out / f"{args.tag}.png", x="shapes.N", y="ns_per_item_layer",
-              series=lambda r: f"{r['backend']} {r['dtype']}", panel=lambda r: r["shapes"]["preset"],
-              title=f"routing forward, T={ROUNDS}, {env['gpu']} ({env['date'][:10]})")
+    report_route(route, out / f"{args.tag}.png", f"routing forward, T={ROUNDS}, {when}")
     return 0
 
 
