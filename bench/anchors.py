@@ -32,7 +32,8 @@ from torch import Tensor
 
 from capsid_kernels._validate import check_route_args
 from capsid_kernels.config import RoutingParams, routing_params
-from capsid_kernels.reference import RouteOutput, compute_dtype, route_votes, squash, stop_reasons
+from capsid_kernels.reference import RouteOutput, compute_dtype, route_votes
+from capsid_kernels.reference.routing import route_from_votes
 
 
 def mm_f32(a: Tensor, b: Tensor) -> Tensor:
@@ -103,36 +104,6 @@ def route_fair_anchor(
     rounds, mode, eta, tau, eps = routing.rounds, routing.mode, routing.eta, routing.tau, routing.eps
     cd = compute_dtype(r.dtype)
     rc, Dc = r.to(cd), D.to(cd)
-    n, k = rc.shape[0], W.shape[0]
-
-    # From here on the reference's lines, unchanged: tests/test_bench_fair_anchor.py holds the fp32
-    # anchor bit-identical to route_reference, so a change there that is not made here fails.
-    u = fair_votes(rc, W, b)
-    a = rc.new_zeros(n, k)
-    o = rc.new_zeros(n, W.shape[1])
-    for _ in range(rounds):
-        c = torch.softmax(a, dim=-1)
-        v = torch.einsum("nk,nkc->nc", c, u)
-        o = squash(v)
-        a = a + torch.einsum("nkc,nc->nk", u, o)
-    cstar = torch.softmax(a, dim=-1)
-    onorm = torch.linalg.vector_norm(o, dim=-1)
-    token = torch.argmax(cstar, dim=-1)
-    q = cstar.gather(1, token[:, None]).squeeze(1) * onorm
-
-    if mode == "soft":
-        rec = torch.einsum("nk,nkc->nc", cstar, squash(u))
-    else:
-        rec = squash(u[torch.arange(n, device=u.device), token])
-    z = rec @ Dc.T
-    r_new = rc - eta * z
-    reason = stop_reasons(q, torch.linalg.vector_norm(r_new, dim=-1), tau, eps, last)
-    return RouteOutput(
-        token,
-        q,
-        r_new.to(r.dtype),
-        z.to(r.dtype),
-        reason,
-        cstar if need_weights else None,
-        onorm if need_onorm else None,
-    )
+    # after the votes, the reference's own code (route_from_votes)
+    return route_from_votes(fair_votes(rc, W, b), rc, Dc, mode, eta, tau, eps, rounds, last=last,
+                            need_weights=need_weights, need_onorm=need_onorm, out_dtype=r.dtype)

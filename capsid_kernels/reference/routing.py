@@ -72,11 +72,20 @@ def route_reference(
     rounds, mode, eta, tau, eps = routing.rounds, routing.mode, routing.eta, routing.tau, routing.eps
     cd = compute_dtype(r.dtype)
     rc, Wc, bc, Dc = (t.to(cd) for t in (r, W, b, D))
-    n, k = rc.shape[0], Wc.shape[0]
+    return route_from_votes(route_votes(rc, Wc, bc), rc, Dc, mode, eta, tau, eps, rounds, last=last,
+                            need_weights=need_weights, need_onorm=need_onorm, out_dtype=r.dtype)
 
-    u = route_votes(rc, Wc, bc)
+
+def route_from_votes(u: Tensor, rc: Tensor, Dc: Tensor, mode: str, eta: float, tau: float, eps: float, rounds: int,
+                     *, last: bool = False, need_weights: bool = False, need_onorm: bool = False,
+                     out_dtype: torch.dtype | None = None) -> RouteOutput:
+    """Everything of ``route_reference`` after the votes u [N, K, d_c] (in the compute dtype of
+    rc [N, d] and Dc [d, d_c]): agreement rounds, reconstruction, residual, stop reasons. A caller
+    that forms the votes another way (bench/anchors.py: bf16 tensor-core votes) shares the rest."""
+    out_dtype = out_dtype or rc.dtype
+    n, k = rc.shape[0], u.shape[1]
     a = rc.new_zeros(n, k)
-    o = rc.new_zeros(n, Wc.shape[1])
+    o = rc.new_zeros(n, u.shape[2])
     for _ in range(rounds):
         c = torch.softmax(a, dim=-1)
         v = torch.einsum("nk,nkc->nc", c, u)
@@ -97,8 +106,8 @@ def route_reference(
     return RouteOutput(
         token,
         q,
-        r_new.to(r.dtype),
-        z.to(r.dtype),
+        r_new.to(out_dtype),
+        z.to(out_dtype),
         reason,
         cstar if need_weights else None,
         onorm if need_onorm else None,
