@@ -27,7 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_pipeline_and_tokenize_share_one_registry():
     assert pipeline.VARIANTS is TOKENIZERS
-    assert set(tokenize_job.BASELINE_RUNNERS) == set(BASELINES)
     assert {"gaoq", "rqvae", "rqvae-hamr", "capsid-hamr", "capsid-nobpe"} <= set(TOKENIZERS)
     assert all(target in TOKENIZERS and alias not in TOKENIZERS for alias, target in ALIASES.items())
     assert parse_tokenizers("capsid+bpe,hard,gaoq,capsid") == ["capsid", "capsid-hard", "gaoq"]

@@ -58,7 +58,7 @@ LAYOUT: dict[str, tuple[str, ...]] = {
                   *_package("anchors", "knn", "markov")),
     "metrics": _package("metrics", "tokenizer"),
     "runs": (*_modules("cli", "pipeline", "encode", "flags", "routing_flags", "report", "plots", "_layout"),
-             *_package("jobs", "tokenize", "tokenizers"), *_package("distributed", "run", "tokenize")),
+             *_package("jobs", "fit_tokenizer", "tokenize", "tokenizers"), *_package("distributed", "run", "tokenize")),
 }
 
 

@@ -254,37 +254,38 @@ def _diagnostics(codes: np.ndarray, capsules, x: np.ndarray, seed: int) -> dict:
                               "random_pair_similarity", "mean_length")}
 
 
+def fit_settings(preset: dict, show_progress: bool = True):
+    """The shared fit's settings (capsid_gr.jobs.fit_tokenizer.FitSettings) from a preset's
+    tokenizer, stage1, bpe, rqkmeans, gaoq and rqvae sections."""
+    from .baselines import GAOQConfig, RQKMeansConfig, RQVAEConfig
+    from .bpe import SemanticBPEConfig
+    from .jobs.fit_tokenizer import FitSettings
+    from .stage1 import Stage1Config
+
+    return FitSettings(tokenizer=dict(preset.get("tokenizer", {})),
+                       stage1=Stage1Config(bpe=SemanticBPEConfig(**preset.get("bpe", {})), **preset.get("stage1", {})),
+                       rqkmeans=RQKMeansConfig(**preset.get("rqkmeans", {})), gaoq=GAOQConfig(**preset.get("gaoq", {})),
+                       rqvae=RQVAEConfig(**preset.get("rqvae", {})), show_progress=show_progress)
+
+
 def fit_baseline(variant: str, x: np.ndarray, preset: dict, seed: int):
     """Fit a baseline (RQ-KMeans, GAOQ, RQ-VAE, RQ-VAE + HaMR) with the preset's settings ->
     (ItemTokenization, info)."""
-    from .baselines import GAOQConfig, RQKMeansConfig, RQVAEConfig, fit_gaoq, fit_rqkmeans, fit_rqvae
-    from .tokenizer.hamr import HaMRConfig
+    from .jobs.fit_tokenizer import fit_tokenizer
 
-    start = time.perf_counter()
-    if variant == "rqkmeans":
-        out = fit_rqkmeans(x, RQKMeansConfig(seed=seed, **preset.get("rqkmeans", {})))
-        centres = out.centres
-    elif variant == "gaoq":
-        out = fit_gaoq(x, GAOQConfig(seed=seed, **preset.get("gaoq", {})))
-        centres = out.anchors
-    elif variant in ("rqvae", "rqvae-hamr"):
-        hamr = HaMRConfig() if variant == "rqvae-hamr" else None
-        out = fit_rqvae(x, RQVAEConfig(seed=seed, hamr=hamr, **preset.get("rqvae", {})))
-        centres = out.centres  # latent-space codebooks; the generator projects any width
-    else:
+    if variant not in BASELINES:
         raise ValueError(f"not a baseline: {short(variant)} (baselines: {', '.join(BASELINES)})")
-    info = {"collision_rate_before_disambiguation": 1 - len(np.unique(out.codes, axis=0)) / len(x),
-            "fit_seconds": time.perf_counter() - start,
-            "mean_length": float((out.sids >= 0).sum(1).mean()),
-            "tokenizer_metrics": _diagnostics(out.codes, list(out.capsules)[: out.codes.shape[1]], x, seed)}
-    return _paths_tokenization(variant, out.sids, out.capsules, centres, x), info
+    fit = fit_tokenizer(variant, x, fit_settings(preset), seed)
+    info = {"collision_rate_before_disambiguation": 1 - len(np.unique(fit.codes, axis=0)) / len(fit.x),
+            "fit_seconds": fit.seconds,
+            "mean_length": float((fit.sids >= 0).sum(1).mean()),
+            "tokenizer_metrics": _diagnostics(fit.codes, fit.code_capsules, fit.x, seed)}
+    return _paths_tokenization(variant, fit.sids, fit.capsules, fit.centres, fit.x), info
 
 
 def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, device, run_dir: Path):
     """Stage 1 (or a baseline) -> ItemTokenization."""
     import torch
-
-    import capsid_kernels as ck
 
     from .generator import from_capsid, merge_gate_logits
 
@@ -293,22 +294,18 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
     if variant in BASELINES:
         return fit_baseline(variant, x, preset, seed)
 
-    from .bpe import SemanticBPEConfig, token_embeddings
-    from .stage1 import Stage1Config, tokenize_items, train_stage1
+    from .bpe import token_embeddings
+    from .jobs.fit_tokenizer import fit_tokenizer
 
-    tok_o, st1_o, bpe_o, use_merges = variant_settings(variant, preset)
-    cfg = ck.CapsIDConfig(d=x.shape[1], **tok_o)
-    tokenizer = ck.CapsIDTokenizer(cfg, seed=seed)
-    xt = torch.as_tensor(x, dtype=torch.float32, device=device)
-    s1 = Stage1Config(seed=seed, bpe=SemanticBPEConfig(**bpe_o), **st1_o)
-    res = train_stage1(tokenizer, xt, data.popularity().astype(np.float64), s1, out_dir=run_dir,
-                       show_progress=not args.quiet)
-    sids = tokenize_items(tokenizer, xt).sids
+    fit = fit_tokenizer(variant, x, fit_settings(preset, show_progress=not args.quiet), seed,
+                        weights=data.popularity(), device=device, out_dir=run_dir)
+    tokenizer, res, cfg, s1 = fit.tokenizer, fit.stage1, fit.config, fit.stage1_config
+    xt = torch.as_tensor(fit.x, dtype=torch.float32, device=device)
     merges, logit = None, None
-    if use_merges:
+    if fit.uses_merges:
         from .bpe.gate import MergeGate
 
-        merges = res.merges
+        merges = fit.merges
         gate = MergeGate(cfg.d, s1.bpe.gate_hidden, seed=seed).to(device)
         from .checkpoint import load_checkpoint
 
@@ -317,15 +314,14 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
                               if k.startswith("best.gate.")})
         emb = token_embeddings([m.centres() for m in tokenizer.layers])
         logit = merge_gate_logits(gate, emb, res.candidates, merges)
-    items = from_capsid(tokenizer, xt, sids, merges, logit, name=variant, disambiguate=variant in DISAMBIGUATED,
-                        popularity=data.popularity())
-    diag = tokenizer.diagnostics(tokenize_items(tokenizer, xt))
+    items = from_capsid(tokenizer, xt, fit.final.sids, merges, logit, name=variant,
+                        disambiguate=variant in DISAMBIGUATED, popularity=data.popularity())
+    diag = tokenizer.diagnostics(fit.final)
     info.update(stage1_best_epoch=res.best_epoch, stage1_val_route=res.best_val_route, merges=len(items.merges),
                 mean_length=diag["mean_length"], collision_rate=diag["collision_rate"],
                 stop_fractions=diag["stop_fractions"], code_utilisation=diag["code_utilisation"],
                 disambiguation_tokens=items.n_dedup, stage1_seconds=res.seconds, stage1_init=res.init,
-                tokenizer_metrics=_diagnostics(sids.cpu().numpy() if hasattr(sids, "cpu") else sids,
-                                               cfg.capsules_per_depth, x, seed),
+                tokenizer_metrics=_diagnostics(fit.sids, fit.capsules, fit.x, seed),
                 stage1_log=[{k: h[k] for k in ("epoch", "val_route", "mean_length", "collision_rate", "stop_fractions")}
                             for h in res.history])
     return items, info

@@ -22,21 +22,16 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
-import capsid_kernels as ck
-
 from ..atomic import save_npy_atomic, write_atomic
-from ..baselines import GAOQConfig, RQKMeansConfig, RQVAEConfig, fit_gaoq, fit_rqkmeans, fit_rqvae
-from ..bpe import MergeTable, base_vocab_size, to_global
+from ..baselines import GAOQConfig, RQKMeansConfig, RQVAEConfig
 from ..data import SequenceDataset
-from ..metrics import tokenizer_metrics
-from ..stage1 import Stage1Config, train_stage1
-from ..tokenizer.hamr import HaMRConfig
-from .tokenizers import capsid_variant
+from ..stage1 import Stage1Config
+from .fit_tokenizer import FitSettings, TokenizerFit, check_item_vectors, fit_diagnostics, fit_tokenizer
 
 
 @dataclasses.dataclass
@@ -73,129 +68,25 @@ def _jsonable(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def run_capsid(name: str, x: torch.Tensor, weights: np.ndarray, s: TokenizeSettings, out: Path) -> dict:
-    tok_over, st_over, bpe_over = capsid_variant(name)
-    tok_cfg = ck.CapsIDConfig(**{"d": x.shape[1], "capsules": s.capsules, "capsule_dim": s.capsule_dim,
-                                 "max_length": s.max_length, "backend": s.backend, **s.routing, **tok_over})
-    bpe_cfg = dataclasses.replace(s.stage1.bpe, **bpe_over)
-    st_cfg = dataclasses.replace(s.stage1, **{"bpe": bpe_cfg, "seed": s.seed, **st_over})
-    if s.hamr and st_cfg.hamr is None:
-        st_cfg = dataclasses.replace(st_cfg, hamr=HaMRConfig())
-    tokenizer = ck.CapsIDTokenizer(tok_cfg, seed=s.seed).to(x.device)
-    result = train_stage1(tokenizer, x, weights, st_cfg, out_dir=out, resume=s.resume,
-                          show_progress=s.show_progress)
-    with torch.no_grad():
-        final = tokenizer.tokenize(x)
-    sids = final.sids.cpu().numpy()
-    ks = tok_cfg.capsules_per_depth
-    # lambda_bpe = 0 (capsid-nobpe): the gate was never trained, so no merges are applied
-    merges = result.merges if st_cfg.lambda_bpe > 0 else MergeTable(base_vocab_size(ks), [])
-    merged = merges.encode_table(to_global(sids, ks))
-    save_npy_atomic(out / "sids.npy", sids)
-    _write_json(out / "merged.json", merged)
-    write_atomic(out / "merges.json", merges.to_json().encode())
-    diag = tokenizer_metrics(sids, ks, x.cpu().numpy(), stop_reason=final.stop_reason.cpu().numpy(),
-                             merged_lengths=np.array([len(m) for m in merged]), seed=s.seed)
-    stack = tokenizer.diagnostics(final)
-    diag["depths"] = [{k: v for k, v in d.items() if k != "code_usage"} for d in stack["depths"]]
-    diag["val_route"] = result.best_val_route
-    diag["stage1"] = {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                      "stopped_early": result.stopped_early, "seconds": result.seconds,
-                      "config": st_cfg.to_dict()}
-    diag["bpe"] = {"merges": len(merges), "candidates": int(len(result.candidates.pairs)),
-                   **_pair_cosine_summary(tokenizer, sids, weights, ks)}
-    diag["tokenizer_config"] = tok_cfg.to_dict()
-    return diag
+def fit_settings(s: TokenizeSettings) -> FitSettings:
+    """The shared fit's settings from the CLI's: every baseline with `rq_levels` x `capsules`
+    codes (GAOQ with its defaults, b = 32 x 3), RQ-VAE on `threads` torch threads (default 1)."""
+    tokenizer = {"capsules": s.capsules, "capsule_dim": s.capsule_dim, "max_length": s.max_length,
+                 "backend": s.backend, **s.routing}
+    return FitSettings(tokenizer=tokenizer, stage1=s.stage1,
+                       rqkmeans=RQKMeansConfig(levels=s.rq_levels, codes=s.capsules), gaoq=GAOQConfig(),
+                       rqvae=RQVAEConfig(levels=s.rq_levels, codes=s.capsules), hamr=s.hamr,
+                       threads=s.threads or 1, resume=s.resume, show_progress=s.show_progress)
 
 
-def _pair_cosine_summary(tokenizer, sids: np.ndarray, weights: np.ndarray, ks) -> dict:
-    """How the corpus pairs' centre cosines sit against theta: why there are (no) candidates."""
-    from ..bpe import count_pairs, token_embeddings
-    from ..bpe.pairs import pair_cosine
-
-    pc = count_pairs(to_global(sids, ks), weights)
-    if len(pc.pairs) == 0:
-        return {"pairs": 0}
-    cos = pair_cosine(token_embeddings([m.centres() for m in tokenizer.layers]).detach().double(), pc.pairs).cpu().numpy()
-    q = np.quantile(cos, [0.5, 0.9, 0.99, 1.0])
-    return {"pairs": int(len(pc.pairs)), "pair_cos_median": float(q[0]), "pair_cos_p90": float(q[1]),
-            "pair_cos_p99": float(q[2]), "pair_cos_max": float(q[3])}
-
-
-def _baseline_diagnostics(res, levels_capsules: tuple, x: np.ndarray, s: TokenizeSettings, seconds: float,
-                          cfg) -> dict:
-    """SPEC §8 metrics on the codes before the disambiguation position (res.codes, -1 padded
-    where a SID ended early) and on the full SIDs (res.sids with res.capsules: the token ids
-    the generator gets), fit time and config; the same for every baseline."""
-    diag = tokenizer_metrics(res.codes, levels_capsules, x, seed=s.seed)
-    after = tokenizer_metrics(res.sids, res.capsules, x, seed=s.seed)
-    diag["collision_rate_after_disambiguation"] = after["collision_rate"]
-    has_extra = res.sids.shape[1] > res.codes.shape[1]
-    diag["disambiguation_codes"] = int(res.sids[:, -1].max()) + 1 if has_extra else 0
-    diag["mean_length_with_disambiguation"] = after["mean_length"]
-    diag["capsules"] = [int(k) for k in res.capsules]
-    diag["fit_seconds"] = seconds
-    diag["config"] = cfg.to_dict()
-    return diag
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def run_rqkmeans(name: str, x: torch.Tensor, s: TokenizeSettings, out: Path) -> dict:
-    cfg = RQKMeansConfig(levels=s.rq_levels, codes=s.capsules, seed=s.seed)
-    xn = x.cpu().numpy()
-    start = time.perf_counter()
-    res = fit_rqkmeans(xn, cfg)
-    seconds = time.perf_counter() - start
-    save_npy_atomic(out / "sids.npy", res.sids)
-    diag = _baseline_diagnostics(res, (cfg.codes,) * cfg.levels, xn, s, seconds, cfg)
-    diag["val_route"] = float(((_unit(xn) - res.recon) ** 2).sum(1).mean())
-    return diag
-
-
-def run_gaoq(name: str, x: torch.Tensor, s: TokenizeSettings, out: Path) -> dict:
-    """GAOQ with its defaults (b = 32 x 3, g = b; see GAOQConfig). Its leaf centroid is no
-    reconstruction comparable with the others, so no val_route."""
-    cfg = GAOQConfig(seed=s.seed)
-    xn = x.cpu().numpy()
-    start = time.perf_counter()
-    res = fit_gaoq(xn, cfg)
-    seconds = time.perf_counter() - start
-    save_npy_atomic(out / "sids.npy", res.sids)
-    diag = _baseline_diagnostics(res, cfg.anchors_per_level, xn, s, seconds, cfg)
-    diag["node_sizes"] = [{"min": int(min(z)), "max": int(max(z))} for z in res.sizes]
-    return diag
-
-
-def run_rqvae(name: str, x: torch.Tensor, s: TokenizeSettings, out: Path) -> dict:
-    """RQ-VAE (TIGER; RQVAEConfig defaults: 300 epochs, AdamW) with `rq_levels` x `capsules`
-    codes, plus HaMR for `rqvae-hamr` or `--hamr`. Trained on the CPU with `threads` torch
-    threads (default 1: its ops are small, and more threads were slower on small CPUs)."""
-    hamr = HaMRConfig() if name == "rqvae-hamr" or s.hamr else None
-    cfg = RQVAEConfig(levels=s.rq_levels, codes=s.capsules, seed=s.seed, hamr=hamr)
-    xn = x.cpu().numpy()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(s.threads or 1)
-    try:
-        res = fit_rqvae(xn, cfg)
-    finally:
-        torch.set_num_threads(threads)
-    save_npy_atomic(out / "sids.npy", res.sids)
-    diag = _baseline_diagnostics(res, (cfg.codes,) * cfg.levels, xn, s, res.seconds, cfg)
-    diag["val_route"] = float(((_unit(xn) - res.recon) ** 2).sum(1).mean())
-    diag["history"] = res.history
-    return diag
-
-
-BASELINE_RUNNERS: dict[str, Callable[[str, torch.Tensor, TokenizeSettings, Path], dict]] = {
-    "rqkmeans": run_rqkmeans,
-    "gaoq": run_gaoq,
-    "rqvae": run_rqvae,
-    "rqvae-hamr": run_rqvae,
-}
-"""Registry name -> runner, for every name in BASELINES; the rest are CAPSID_VARIANTS."""
+def write_fit(fit: TokenizerFit, out: Path) -> dict:
+    """A fit's files in `out` (sids.npy; CAPSID also merged.json and merges.json; Stage 1 wrote
+    its checkpoint there) -> its diagnostics."""
+    save_npy_atomic(out / "sids.npy", fit.sids)
+    if fit.merges is not None:
+        _write_json(out / "merged.json", fit.merged())
+        write_atomic(out / "merges.json", fit.merges.to_json().encode())
+    return fit_diagnostics(fit)
 
 
 def run_tokenize(data: SequenceDataset, vectors: np.ndarray, vector_info: dict, s: TokenizeSettings,
@@ -204,16 +95,17 @@ def run_tokenize(data: SequenceDataset, vectors: np.ndarray, vector_info: dict, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(s.device)
-    x = torch.as_tensor(vectors, dtype=torch.float32, device=device)
+    x = check_item_vectors(vectors, rows=data.n_items)
     weights = data.popularity().astype(np.float64)
+    settings = fit_settings(s)
     _write_json(out_dir / "vectors.json", vector_info)
     results = {}
     for name in s.tokenizers:
         sub = out_dir / name
         sub.mkdir(exist_ok=True)
         start = time.perf_counter()
-        runner = BASELINE_RUNNERS.get(name)
-        diag = runner(name, x, s, sub) if runner is not None else run_capsid(name, x, weights, s, sub)
+        fit = fit_tokenizer(name, x, settings, s.seed, weights=weights, device=device, out_dir=sub)
+        diag = write_fit(fit, sub)
         diag["seconds"] = time.perf_counter() - start
         _write_json(sub / "diagnostics.json", diag)
         results[name] = diag
