@@ -35,7 +35,6 @@ constexpr int kRowWarps = 8;
 constexpr int kRegChildren = 8;  // children held in registers per lane: fanouts up to 256
 constexpr int kMergeThreads = 128;
 constexpr int kMaxBeams = 128;   // 4 list heads per lane in the merge
-constexpr int kPad = 0, kEos = 2;
 
 __device__ __forceinline__ u32 desc_key(float v) {
   u32 u = __float_as_uint(v);
@@ -157,7 +156,7 @@ template <typename scalar_t, typename tok_t>
 __global__ void __launch_bounds__(kRowWarps * 32) beam_candidates_kernel(
     const scalar_t* __restrict__ logits, int64_t rows, int vocab, const int* __restrict__ node,
     const float* __restrict__ score, const bool* __restrict__ finished, const int* __restrict__ child_start,
-    int num_inner, const tok_t* __restrict__ token, const int* __restrict__ end_bits, int beams,
+    int num_inner, const tok_t* __restrict__ token, const int* __restrict__ end_bits, int beams, int eos,
     u64* __restrict__ cand) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + (threadIdx.x >> 5);
@@ -184,7 +183,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) beam_candidates_kernel(
     const int fanout = is_end + hi - lo;
     const int want = min(beams, fanout);
     auto key_of = [&](int r) -> u64 {
-      const int tok = (is_end && r == 0) ? kEos : static_cast<int>(token[lo + r - is_end]);
+      const int tok = (is_end && r == 0) ? eos : static_cast<int>(token[lo + r - is_end]);
       const float v = s + ((to_float(x[tok]) - shift) - logz) + 0.f;
       if (!(v > -INFINITY)) return kNone;
       return (static_cast<u64>(desc_key(v)) << 32) | static_cast<u32>(r);
@@ -228,8 +227,8 @@ __global__ void __launch_bounds__(kRowWarps * 32) beam_candidates_kernel(
 template <typename tok_t>
 __global__ void __launch_bounds__(kMergeThreads) beam_merge_kernel(
     const u64* __restrict__ cand, int beams, const int* __restrict__ node, const bool* __restrict__ finished,
-    const int* __restrict__ child_start, const tok_t* __restrict__ token, const int* __restrict__ end_bits,
-    int64_t* __restrict__ out_token, int64_t* __restrict__ out_parent, int* __restrict__ out_node,
+    const int* __restrict__ child_start, const tok_t* __restrict__ token, const int* __restrict__ end_bits, int pad,
+    int eos, int64_t* __restrict__ out_token, int64_t* __restrict__ out_parent, int* __restrict__ out_node,
     float* __restrict__ out_score, bool* __restrict__ out_finished) {
   extern __shared__ u64 lists[];
   int* slot_beam = reinterpret_cast<int*>(lists + beams * beams);
@@ -289,13 +288,13 @@ __global__ void __launch_bounds__(kMergeThreads) beam_merge_kernel(
       int new_node;
       bool fin;
       if (finished[from]) {
-        tok = kPad;
+        tok = pad;
         new_node = n;
         fin = true;
       } else {
         const int is_end = (end_bits[n >> 5] >> (n & 31)) & 1;
         if (is_end && rank == 0) {
-          tok = kEos;
+          tok = eos;
           new_node = n;
           fin = true;
         } else {
@@ -310,7 +309,7 @@ __global__ void __launch_bounds__(kMergeThreads) beam_merge_kernel(
       out_score[base + e] = key_score(slot_key[e]);
       out_finished[base + e] = fin;
     } else {  // fewer selectable candidates than beams: empty beams
-      out_token[base + e] = kPad;
+      out_token[base + e] = pad;
       out_parent[base + e] = base + e;
       out_node[base + e] = -1;
       out_score[base + e] = -INFINITY;
@@ -330,7 +329,7 @@ struct StepArgs {
   const at::Tensor &logits, &node, &score, &finished, &child_start, &token, &end_bits, &cand;
   at::Tensor &out_token, &out_parent, &out_node, &out_score, &out_finished;
   int64_t rows, vocab;
-  int beams;
+  int beams, pad, eos;
 };
 
 template <typename scalar_t, typename tok_t>
@@ -341,7 +340,7 @@ void launch(const StepArgs& a) {
   beam_candidates_kernel<scalar_t, tok_t><<<row_blocks, kRowWarps * 32, 0, stream>>>(
       a.logits.const_data_ptr<scalar_t>(), a.rows, static_cast<int>(a.vocab), a.node.const_data_ptr<int>(),
       a.score.const_data_ptr<float>(), a.finished.const_data_ptr<bool>(), a.child_start.const_data_ptr<int>(),
-      num_inner, a.token.const_data_ptr<tok_t>(), a.end_bits.const_data_ptr<int>(), a.beams,
+      num_inner, a.token.const_data_ptr<tok_t>(), a.end_bits.const_data_ptr<int>(), a.beams, a.eos,
       reinterpret_cast<u64*>(a.cand.mutable_data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const size_t smem = static_cast<size_t>(a.beams) * a.beams * sizeof(u64) + static_cast<size_t>(a.beams) * 12;
@@ -352,7 +351,7 @@ void launch(const StepArgs& a) {
   beam_merge_kernel<tok_t><<<static_cast<unsigned>(a.rows / a.beams), kMergeThreads, smem, stream>>>(
       reinterpret_cast<const u64*>(a.cand.const_data_ptr<int64_t>()), a.beams, a.node.const_data_ptr<int>(),
       a.finished.const_data_ptr<bool>(), a.child_start.const_data_ptr<int>(), a.token.const_data_ptr<tok_t>(),
-      a.end_bits.const_data_ptr<int>(), a.out_token.mutable_data_ptr<int64_t>(),
+      a.end_bits.const_data_ptr<int>(), a.pad, a.eos, a.out_token.mutable_data_ptr<int64_t>(),
       a.out_parent.mutable_data_ptr<int64_t>(), a.out_node.mutable_data_ptr<int>(),
       a.out_score.mutable_data_ptr<float>(), a.out_finished.mutable_data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -362,7 +361,8 @@ void launch(const StepArgs& a) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cuda(
     const at::Tensor& logits_in, const at::Tensor& node, const at::Tensor& score, const at::Tensor& finished,
-    const at::Tensor& child_start, const at::Tensor& token, const at::Tensor& end_bits, int64_t num_beams) {
+    const at::Tensor& child_start, const at::Tensor& token, const at::Tensor& end_bits, int64_t num_beams,
+    int64_t pad, int64_t eos) {
   TORCH_CHECK(logits_in.is_cuda(), "logits: expected a CUDA tensor, got one on ", logits_in.device().str());
   TORCH_CHECK(logits_in.dim() == 2, "logits: expected [Q*B, V], got ", shape_str(logits_in.sizes()));
   TORCH_CHECK(logits_in.scalar_type() == at::kFloat || logits_in.scalar_type() == at::kBFloat16,
@@ -373,7 +373,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step
   TORCH_CHECK(num_beams >= 1 && num_beams <= kMaxBeams, "num_beams: the cuda beam step takes 1 to ", kMaxBeams,
               " beams, got ", num_beams);
   TORCH_CHECK(rows % num_beams == 0, "logits: ", rows, " rows is not a multiple of num_beams = ", num_beams);
-  TORCH_CHECK(vocab >= 3 && vocab < (int64_t(1) << 31), "logits: vocabulary size ", vocab, " out of range");
+  TORCH_CHECK(vocab < (int64_t(1) << 31), "logits: vocabulary size ", vocab, " out of range");
+  // The token ids are the caller's (capsid_kernels.decode.trie holds them); EOS is the logit
+  // column every end node reads, so an id outside the row would read out of bounds.
+  TORCH_CHECK(eos >= 0 && eos < vocab, "eos: expected a token id in [0, V = ", vocab, "), got ", eos,
+              "; pass capsid_kernels.decode.trie.EOS");
+  TORCH_CHECK(pad >= 0 && pad < vocab, "pad: expected a token id in [0, V = ", vocab, "), got ", pad,
+              "; pass capsid_kernels.decode.trie.PAD");
   check_input(node, "node", at::kInt, logits);
   check_input(score, "score", at::kFloat, logits);
   check_input(finished, "finished", at::kBool, logits);
@@ -397,7 +403,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step
 
   TORCH_CHECK((rows + kRowWarps - 1) / kRowWarps <= 0x7fffffff, "logits: too many rows for one launch");
   StepArgs a{logits, node, score, finished, child_start, token, end_bits, cand,
-             out_token, out_parent, out_node, out_score, out_finished, rows, vocab, static_cast<int>(num_beams)};
+             out_token, out_parent, out_node, out_score, out_finished, rows, vocab, static_cast<int>(num_beams),
+             static_cast<int>(pad), static_cast<int>(eos)};
 
   const bool short_tok = token.scalar_type() == at::kShort;
   const bool bf16 = logits.scalar_type() == at::kBFloat16;

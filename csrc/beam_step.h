@@ -9,8 +9,10 @@
 namespace capsid {
 
 // Returns (token int64, parent int64, node int32, score float32, finished bool), each [Q*B].
+// pad and eos are the caller's token ids (capsid_kernels.decode.trie); nothing here fixes them.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cuda(
     const at::Tensor& logits, const at::Tensor& node, const at::Tensor& score, const at::Tensor& finished,
-    const at::Tensor& child_start, const at::Tensor& token, const at::Tensor& end_bits, int64_t num_beams);
+    const at::Tensor& child_start, const at::Tensor& token, const at::Tensor& end_bits, int64_t num_beams,
+    int64_t pad, int64_t eos);
 
 }  // namespace capsid

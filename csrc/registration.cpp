@@ -20,12 +20,13 @@ TORCH_LIBRARY_IMPL(capsid_C, CUDA, m) {
 }
 
 // Trie-constrained beam step (csrc/beam_step.cu); the torch fallback serves CPU tensors.
+// pad and eos have no defaults: the token-id layout lives in capsid_kernels.decode.trie only.
 #include "beam_step.h"
 
 TORCH_LIBRARY_FRAGMENT(capsid_C, m) {
   m.def(
       "beam_step(Tensor logits, Tensor node, Tensor score, Tensor finished, Tensor child_start, Tensor token, "
-      "Tensor end_bits, int num_beams) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor end_bits, int num_beams, int pad, int eos) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(capsid_C, CUDA, m) { m.impl("beam_step", &capsid::beam_step_cuda); }

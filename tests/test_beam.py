@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import capsid_kernels as ck
-from capsid_kernels.decode.beam_step import beam_step, beam_step_eager
+from capsid_kernels.decode.beam_step import StepOutput, beam_step, beam_step_eager
 from capsid_kernels.decode.search import initial_beams
 from capsid_kernels.decode.trie import EOS, PAD, build_trie
 from test_trie import all_paths
@@ -173,7 +173,45 @@ def test_eager_op_passes_opcheck():
     beams = initial_beams(2, 3, "cpu")
     logits = torch.randn(6, V)
     torch.library.opcheck(beam_step_eager, (logits, beams.node, beams.score, beams.finished, trie.child_start,
-                                            trie.token, trie.end_bits, 3, trie.max_fanout))
+                                            trie.token, trie.end_bits, 3, trie.max_fanout, PAD, EOS))
+
+
+FREE_PAD, FREE_EOS = V - 2, V - 1  # ids the codes of other_ids_case's trie (3 .. 9) leave unused
+
+
+def other_ids_case(device):
+    """Beams (live, finished, empty) in a trie whose codes leave FREE_PAD and FREE_EOS unused,
+    logits in the trie's numbering, and the same logits with EOS's column swapped to FREE_EOS."""
+    paths = [[3, 4, EOS], [3, 5, 6, EOS], [3, EOS], [7, 8, EOS], [9, EOS], [7, 9, 3, EOS]]
+    trie = build_trie(paths, V, device=device)  # end nodes 1, 3, 4, 6, 8, 9
+    b = 4
+    node = torch.tensor([0, 1, -1, -1, 4, 6, 8, 5, 9, 3, 2, 7], dtype=torch.int32, device=device)
+    finished = torch.tensor([0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 0], dtype=torch.bool, device=device)
+    score = torch.tensor([0, -1, NEG_INF, NEG_INF, -0.5, -2, -1.5, -1, -2.5, -0.7, -1.2, -0.9], device=device)
+    logits = torch.randn(3 * b, V, generator=torch.Generator().manual_seed(3)).to(device)
+    logits[:, EOS] += 2.0  # live end nodes take EOS
+    moved = logits.clone()
+    moved[:, [EOS, FREE_EOS]] = logits[:, [FREE_EOS, EOS]]
+    return trie, b, (node, score, finished), logits, moved
+
+
+def assert_moved_ids(native, moved, pad, eos):
+    """``moved`` (a step given ``pad``/``eos`` and the swapped logits) selected what ``native``
+    did and wrote the ids it was given; the swap only reorders the log-sum-exp's summands, so
+    scores agree to float32 rounding."""
+    tok, parent, node, score, fin = native
+    assert bool((tok == EOS).any()) and bool((tok == PAD).any())  # the case writes both ids
+    assert torch.equal(moved[0], torch.where(tok == EOS, eos, torch.where(tok == PAD, pad, tok)))
+    for name, a, c in (("parent", parent, moved[1]), ("node", node, moved[2]), ("finished", fin, moved[4])):
+        assert torch.equal(a, c), name
+    torch.testing.assert_close(moved[3], score)
+
+
+def test_eager_step_reads_and_writes_the_token_ids_it_is_given():
+    trie, b, (node, score, fin), logits, moved = other_ids_case("cpu")
+    args = (trie.child_start, trie.token, trie.end_bits, b, trie.max_fanout)
+    native = beam_step_eager(logits, node, score, fin, *args, PAD, EOS)
+    assert_moved_ids(native, beam_step_eager(moved, node, score, fin, *args, FREE_PAD, FREE_EOS), FREE_PAD, FREE_EOS)
 
 
 def test_step_compiles_with_torch_compile():
@@ -183,7 +221,7 @@ def test_step_compiles_with_torch_compile():
     from capsid_kernels.decode.beam_step_torch import beam_step_torch
 
     args = (logits, beams.node, beams.score, beams.finished, trie.child_start, trie.token, trie.end_bits, 3,
-            trie.max_fanout)
+            trie.max_fanout, PAD, EOS)
     eager = beam_step_torch(*args)
     compiled = torch.compile(beam_step_torch, dynamic=False)(*args)
     # inductor fuses log-softmax differently, so scores agree to rounding, not bit for bit;
@@ -288,7 +326,25 @@ def test_cuda_op_passes_opcheck():
     logits = torch.randn(8, trie.vocab_size, device="cuda")
     torch.library.opcheck(torch.ops.capsid_C.beam_step.default,
                           (logits, beams.node, beams.score, beams.finished, trie.child_start, trie.token,
-                           trie.end_bits, 4))
+                           trie.end_bits, 4, PAD, EOS))
+
+
+@pytest.mark.gpu
+def test_cuda_step_reads_and_writes_the_token_ids_it_is_given():
+    from capsid_kernels import _ext
+
+    _ext.load()
+    trie, b, (node, score, fin), logits, moved = other_ids_case("cuda")
+    args = (trie.child_start, trie.token, trie.end_bits, b)
+    native = torch.ops.capsid_C.beam_step(logits, node, score, fin, *args, PAD, EOS)
+    other = torch.ops.capsid_C.beam_step(moved, node, score, fin, *args, FREE_PAD, FREE_EOS)
+    assert_moved_ids(native, other, FREE_PAD, FREE_EOS)
+    eager = beam_step_eager(moved, node, score, fin, *args, trie.max_fanout, FREE_PAD, FREE_EOS)
+    assert_steps_agree(StepOutput(*other), StepOutput(*eager), moved, b)
+    with pytest.raises(RuntimeError, match=rf"eos: expected a token id in \[0, V = {V}\), got {V}"):
+        torch.ops.capsid_C.beam_step(logits, node, score, fin, *args, PAD, V)
+    with pytest.raises(RuntimeError, match=rf"pad: expected a token id in \[0, V = {V}\), got -1"):
+        torch.ops.capsid_C.beam_step(logits, node, score, fin, *args, -1, EOS)
 
 
 @pytest.mark.gpu

@@ -5,6 +5,9 @@ Backends: ``eager`` (the torch CSR method of beam_step_torch, as the custom op
 Neither kernel synchronises with the host; the value checks of ``check_values=True`` (the
 default) read one flag vector per step, so turn them off for CUDA graphs. Contract: see
 beam_step_torch.
+
+Both backends take PAD and EOS as op arguments, and :func:`beam_step` passes them from their
+one home, capsid_kernels.decode.trie; csrc/ holds no token id.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import Tensor
 from .. import _ext
 from ..registry import dispatch, kernel
 from .beam_step_torch import beam_step_torch, step_fake
-from .trie import Trie
+from .trie import EOS, PAD, Trie
 from .._validate import short
 
 MAX_CUDA_BEAMS = kernel("beam_step", "cuda").limits["num_beams"]  # 'auto' runs a wider beam on eager, warning once
@@ -33,13 +36,14 @@ class StepOutput(NamedTuple):
 
 @torch.library.custom_op("capsid::beam_step_eager", mutates_args=())
 def beam_step_eager(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, child_start: Tensor,
-                    token: Tensor, end_bits: Tensor, num_beams: int,
-                    max_fanout: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return beam_step_torch(logits, node, score, finished, child_start, token, end_bits, num_beams, max_fanout)
+                    token: Tensor, end_bits: Tensor, num_beams: int, max_fanout: int, pad: int,
+                    eos: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return beam_step_torch(logits, node, score, finished, child_start, token, end_bits, num_beams, max_fanout,
+                           pad, eos)
 
 
 @beam_step_eager.register_fake
-def _(logits, node, score, finished, child_start, token, end_bits, num_beams, max_fanout):
+def _(logits, node, score, finished, child_start, token, end_bits, num_beams, max_fanout, pad, eos):
     return step_fake(logits)
 
 
@@ -123,8 +127,8 @@ def beam_step(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, tri
     if name == "cuda":
         _ext.load()
         out = torch.ops.capsid_C.beam_step(logits.contiguous(), node, score, finished, trie.child_start,
-                                           trie.token, trie.end_bits, num_beams)
+                                           trie.token, trie.end_bits, num_beams, PAD, EOS)
     else:
         out = beam_step_eager(logits, node, score, finished, trie.child_start, trie.token, trie.end_bits,
-                              num_beams, trie.max_fanout)
+                              num_beams, trie.max_fanout, PAD, EOS)
     return StepOutput(*out)

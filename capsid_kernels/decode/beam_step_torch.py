@@ -10,8 +10,10 @@ Inputs, for Q queries of B beams (rows r = q * B + b):
     node     [Q*B] int32      trie node of each beam; -1 = empty beam
     score    [Q*B] float32    sum of full-vocabulary log-softmax of the tokens taken
     finished [Q*B] bool       the beam took EOS (empty beams are finished too)
+    pad, eos                  the token ids (capsid_kernels.decode.trie's PAD and EOS; every
+                              backend takes them from the caller, none fixes them)
 Outputs (new beams, sorted by score within each query):
-    token    [Q*B] int64      EOS on finishing, PAD for finished or empty beams
+    token    [Q*B] int64      eos on finishing, pad for finished or empty beams
     parent   [Q*B] int64      global row of the beam each new beam extends (identity for empty)
     node     [Q*B] int32      -1 for empty beams
     score    [Q*B] float32    -inf for empty beams
@@ -25,13 +27,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .trie import EOS, PAD
-
 NEG_INF = float("-inf")
 
 
 def beam_step_torch(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, child_start: Tensor,
-                    token: Tensor, end_bits: Tensor, num_beams: int, max_fanout: int):
+                    token: Tensor, end_bits: Tensor, num_beams: int, max_fanout: int, pad: int, eos: int):
     rows, vocab = logits.shape
     b = num_beams
     q = rows // b
@@ -55,8 +55,8 @@ def beam_step_torch(logits: Tensor, node: Tensor, score: Tensor, finished: Tenso
     valid = rank[None, :] < count[:, None]
     eos_slot = is_end[:, None] & (rank[None, :] == 0)
     child = (lo - is_end.long())[:, None] + rank[None, :]
-    tok = torch.where(eos_slot, EOS, token.long()[child.clamp(0, num_nodes - 1)])
-    tok = torch.where(valid, tok, 0)
+    tok = torch.where(eos_slot, eos, token.long()[child.clamp(0, num_nodes - 1)])
+    tok = torch.where(valid, tok, 0)  # column 0 only keeps the gather in bounds; invalid slots are masked below
     cand = score.float()[:, None] + logp.gather(1, tok)
     fin = present & finished
     virtual = fin[:, None] & (rank[None, :] == 0)
@@ -85,11 +85,11 @@ def beam_step_torch(logits: Tensor, node: Tensor, score: Tensor, finished: Tenso
     child_node = lo[src] - src_end.long() + sel_rank
     stay = src_fin | took_eos
     new_node = torch.where(stay, n[src], child_node)
-    new_tok = torch.where(src_fin, PAD, torch.where(took_eos, EOS, token.long()[child_node.clamp(0, num_nodes - 1)]))
+    new_tok = torch.where(src_fin, pad, torch.where(took_eos, eos, token.long()[child_node.clamp(0, num_nodes - 1)]))
     new_fin = stay
 
     new_node = torch.where(empty, -1, new_node).to(torch.int32)
-    new_tok = torch.where(empty, PAD, new_tok)
+    new_tok = torch.where(empty, pad, new_tok)
     parent = torch.where(empty, self_row, src)
     new_fin = new_fin | empty
     return new_tok, parent, new_node, new_score, new_fin
