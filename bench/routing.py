@@ -190,57 +190,101 @@ def route_ratios(route: Sequence[dict]) -> None:
                 r["speedup_vs_triton"] = round(t["median_ms"] / r["median_ms"], 3) if t else None
 
 
-def tokenizer_rows(n, prec, env, chunk, repeats, backend="triton") -> list[dict]:
+# The whole tokenizer's modes: what ck.tokenize keeps and where x and the results live.
+# "all" is the default call (every output, x and results on the GPU); the bounded modes keep what a
+# catalogue job needs (SIDs, lengths, stop reasons) in pinned host memory, with x on the GPU or on the host.
+TOKENIZER_MODES = {
+    "all": {},
+    "bounded_x_device": dict(outputs=("sids", "lengths", "stop_reason"), out_device="cpu"),
+    "bounded_x_host": dict(outputs=("sids", "lengths", "stop_reason"), out_device="cpu", device="cuda"),
+}
+
+
+def tokenizer_rows(n, prec, env, chunk, repeats, backend="triton", modes=("all",)) -> list[dict]:
+    """One row per mode of TOKENIZER_MODES: median time over ``repeats`` calls, peak GPU memory beyond
+    what was allocated before the call (``peak_mib``) and in all (``peak_total_mib``, x included when it
+    lives on the GPU)."""
     import capsid_kernels as ck
     from capsid_gr.data.synthetic import synthetic_item_vectors
 
     dtype, precision = PRECS[prec]
     K, dc, d = 256, 64, 128
     layers = [make_layer(K, dc, d, dtype, seed=10 + i) for i in range(6)]
+    pin_s = None
     t0 = time.perf_counter()
     x = synthetic_item_vectors(n, d, seed=0, device="cuda", dtype=dtype)
     torch.cuda.synchronize()
     gen_s = time.perf_counter() - t0
-    kw = dict(rounds=ROUNDS, precision=precision, backend=backend, batch_size=chunk)
+    x_host = None
+    if "bounded_x_host" in modes:
+        t0 = time.perf_counter()
+        x_host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True).copy_(x)
+        pin_s = time.perf_counter() - t0
+    rows = []
+    for mode in sorted(modes, key=lambda m: m == "bounded_x_host"):  # x leaves the GPU for the host mode, last
+        if mode == "bounded_x_host":
+            del x
+            torch.cuda.empty_cache()
+            x = x_host
+        rows.append(_tokenizer_row(ck, x, layers, mode, n=n, prec=prec, precision=precision, env=env, chunk=chunk,
+                                   repeats=repeats, backend=backend, gen_s=gen_s,
+                                   extra={"pin_s": round(pin_s, 3)} if mode == "bounded_x_host" else {}))
+    del x, x_host
+    torch.cuda.empty_cache()
+    return rows
+
+
+def _tokenizer_row(ck, x, layers, mode, *, n, prec, precision, env, chunk, repeats, backend, gen_s, extra) -> dict:
+    from capsid_kernels.reference.stack import STACK_OUTPUTS
+
+    options = TOKENIZER_MODES[mode]
+    kw = dict(rounds=ROUNDS, precision=precision, backend=backend, batch_size=chunk, **options)
     ck.tokenize(x[: 2 * chunk], layers, **kw)  # compile and warm up
     torch.cuda.synchronize()
-    samples, stats, peak = [], None, 0
+    samples, walls, stats, peak, peak_total = [], [], None, 0, 0
     for _ in range(repeats):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        w0 = time.perf_counter()
         s.record()
         out = ck.tokenize(x, layers, **kw)
         e.record()
         e.synchronize()
+        walls.append(time.perf_counter() - w0)
         samples.append(s.elapsed_time(e))
-        peak = torch.cuda.max_memory_allocated() - base
-        item_layers = sum(int(rec.index.numel()) for rec in out.depths)
-        out_bytes = sum(t.numel() * t.element_size() for t in (out.sids, out.lengths, out.stop_reason,
-                                                               out.recon, out.residual))
-        rec_bytes = sum(t.numel() * t.element_size() for rec in out.depths for t in rec if t is not None)
+        peak_total = torch.cuda.max_memory_allocated()
+        peak = peak_total - base
+        item_layers = int(out.lengths.sum())  # each item routes through L_i depths
+        kept = [t for t in (out.sids, out.lengths, out.stop_reason, out.recon, out.residual) if t is not None]
+        out_bytes = sum(t.numel() * t.element_size() for t in kept if t.is_cuda)
+        rec_bytes = sum(t.numel() * t.element_size() for rec in out.depths for t in rec if t is not None and t.is_cuda)
         stats = {"mean_length": float(out.lengths.double().mean()), "item_layers": item_layers,
                  "stops": {name: int((out.stop_reason == code).sum()) for code, name in
                            ((ck.STOP_CONF, "conf"), (ck.STOP_RESID, "resid"), (ck.STOP_CAP, "cap"))},
-                 "outputs_mib": round(out_bytes / 2**20, 1), "depth_records_mib": round(rec_bytes / 2**20, 1)}
+                 "outputs_mib": round(out_bytes / 2**20, 1), "depth_records_mib": round(rec_bytes / 2**20, 1),
+                 "host_outputs_mib": round(sum(t.numel() * t.element_size() for t in kept if not t.is_cuda) / 2**20, 1)}
         del out
         torch.cuda.empty_cache()
     samples.sort()
     med = samples[len(samples) // 2]
     timing = Timing(med, samples[0], samples[-1], len(samples), peak, samples)
-    shapes = {"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "L_max": 6, "chunk": chunk, "preset": "default"}
+    shapes = {"N": n, "K": layers[0][0].shape[0], "d_c": layers[0][0].shape[1], "d": layers[0][0].shape[2],
+              "T": ROUNDS, "L_max": len(layers), "chunk": chunk, "preset": "default"}
     row = make_row(op="tokenize", backend=backend, dtype=prec, shapes=shapes, timing=timing, env=env,
-                   seconds=round(med / 1e3, 3), synthetic_gen_s=round(gen_s, 3),
+                   seconds=round(med / 1e3, 3), wall_s=sorted(walls)[len(walls) // 2], synthetic_gen_s=round(gen_s, 3),
+                   mode=mode, outputs=list(options.get("outputs", STACK_OUTPUTS)),
+                   x_on="cuda" if x.is_cuda else "cpu (pinned)", results_on=options.get("out_device", "cuda"),
+                   peak_total_mib=round(peak_total / 2**20, 1),
                    ns_per_item_layer_measured=round(med * 1e6 / stats["item_layers"], 3),
                    peak_beyond_outputs_mib=round((peak - stats["outputs_mib"] * 2**20 - stats["depth_records_mib"] * 2**20)
                                                  / 2**20, 1),
-                   **stats)
-    print(f"tokenize {backend} {prec} N={n}: {med / 1e3:.3f} s (runs {[round(s_ / 1e3, 3) for s_ in samples]}), "
+                   **stats, **extra)
+    print(f"tokenize {backend} {prec} {mode} N={n}: {med / 1e3:.3f} s (runs {[round(s_ / 1e3, 3) for s_ in samples]}), "
           f"{row['ns_per_item_layer_measured']} ns per item-layer, mean length {stats['mean_length']:.3f}, "
-          f"peak {peak / 2**30:.2f} GiB ({row['peak_beyond_outputs_mib']} MiB beyond outputs)", flush=True)
-    del x
-    torch.cuda.empty_cache()
-    return [row]
+          f"peak {peak / 2**30:.2f} GiB beyond the call's inputs, {peak_total / 2**30:.2f} GiB in all "
+          f"({row['peak_beyond_outputs_mib']} MiB beyond outputs)", flush=True)
+    return row
 
 
 def fresh_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -523,6 +567,7 @@ def _checked_args(p: argparse.ArgumentParser, args) -> SimpleNamespace:
         train_backends=_names(p, "--train-backends", args.train_backends, TRAIN_BACKENDS),
         stack_backends=_names(p, "--train-stack-backends", args.train_stack_backends, STACK_BACKENDS),
         fair_ns=_ints(p, "--fair-ns", args.fair_ns),
+        tokenizer_modes=_names(p, "--tokenizer-modes", args.tokenizer_modes, tuple(TOKENIZER_MODES)),
     )
 
 
@@ -548,6 +593,9 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer-backends", default="triton,cuda",
                    help="cuda runs the reference stack with every depth on the C++ kernel")
     p.add_argument("--tokenizer-repeats", type=int, default=3)
+    p.add_argument("--tokenizer-modes", default=",".join(TOKENIZER_MODES),
+                   help="all: the default call; bounded_x_device / bounded_x_host: SIDs, lengths and stop reasons "
+                        "only, results in pinned host memory, x on the GPU / in pinned host memory")
     p.add_argument("--chunk", type=int, default=1 << 21)
     p.add_argument("--max-time-ms", type=float, default=1500.0, help="time budget per case")
     p.add_argument("--tag", default="routing", help="file stem of the JSON and PNG")
@@ -617,7 +665,8 @@ def main(argv=None) -> int:
     if args.tokenizer_n:
         for prec in args.tokenizer_precs.split(","):
             for tok_backend in args.tokenizer_backends.split(","):
-                rows += tokenizer_rows(args.tokenizer_n, prec, env, args.chunk, args.tokenizer_repeats, tok_backend)
+                rows += tokenizer_rows(args.tokenizer_n, prec, env, args.chunk, args.tokenizer_repeats, tok_backend,
+                                       lists.tokenizer_modes)
             write_rows(rows, out / f"{args.tag}.json")
     if not args.skip_route:
         rows += route_rows(lists.presets, ns, lists.precs, lists.backends, env, args.max_time_ms, args.compile_cases,

@@ -6,8 +6,10 @@ asked for). Within a chunk the active rows are an index list ``idx[0:count]`` wh
 lives on the device: each depth launches the fused kernel over the whole chunk's tile count,
 tiles past ``count`` exit at once, and the next list is built by a prefix sum and a scatter.
 The host learns the per-depth counts once per chunk, at its end, to cut the per-depth records
-(``DepthOutput``) to size; that is the only synchronisation. The catalogue-wide outputs (SIDs,
-lengths, stop reasons, x̂, final residual) are allocated once and written in place.
+(``DepthOutput``) to size; that is the only synchronisation, and a call that does not keep the
+records has none. The catalogue-wide outputs (SIDs, lengths, stop reasons, x̂, final residual)
+go through ``reference.stack.StackResults``: allocated once, only those asked for, written in
+place on the device or copied chunk by chunk into pinned host memory.
 
 Forward only: ``ops.tokenize`` uses this path when no gradient is needed. One difference from
 the reference records, bfloat16 only: ``DepthOutput.residual_norm`` is ||r'|| before r' is rounded
@@ -23,7 +25,7 @@ from torch import Tensor
 
 from ..config import RoutingParams
 from ..reference.routing import CONTINUE
-from ..reference.stack import PAD_TOKEN, DepthOutput, StackOutput, normalise
+from ..reference.stack import DepthOutput, StackOutput, StackResults, item_chunks, normalise
 from .route_fwd import pack_layer, route_stack_depth, tile_config
 
 DEFAULT_CHUNK = 1 << 21
@@ -53,42 +55,50 @@ def tokenize_stack_triton(
     tf32: bool = False,
     chunk: Optional[int] = None,
     progress: Optional[Callable[[int], None]] = None,
+    results: Optional[StackResults] = None,
+    check_rows: bool = False,
 ) -> StackOutput:
-    """Same outputs as ``reference.tokenize_stack`` (x already checked; float32 or bfloat16 on CUDA)."""
+    """Same outputs as ``reference.tokenize_stack`` (x already checked; float32 or bfloat16 on CUDA).
+
+    ``results``: where the outputs go and which are kept (default: every output, in place on x's
+    device). x may live elsewhere than ``results.device`` (pinned host memory, say): each chunk is
+    moved there as it is processed, and ``check_rows`` then checks its rows on the way.
+    """
     n, d = x.shape
-    dev, l_max = x.device, len(layers)
+    l_max = len(layers)
+    if results is None:
+        results = StackResults(n, d, l_max, device=x.device, float_dtype=torch.float32)
+    dev = results.device
+    keep_depths, keep_residual = results.keeps("depths"), results.keeps("residual")
     rounds, hard, eta, tau, eps = routing.rounds, routing.mode == "hard", routing.eta, routing.tau, routing.eps
     params = []
     for W, b, D in layers:
         W, b, D = W.detach().contiguous(), b.detach().contiguous(), D.detach().contiguous()
         cfg = tile_config(W.shape[2], W.shape[1], W.device.type, W.element_size())
         params.append((W.shape[0], D, pack_layer(W, b, cfg["BC"], cfg["BD"], tf32)))
-    sids = torch.full((n, l_max), PAD_TOKEN, dtype=torch.int64, device=dev)
-    lengths = torch.zeros(n, dtype=torch.int64, device=dev)
-    reasons = torch.zeros(n, dtype=torch.int64, device=dev)
-    recon = torch.zeros(n, d, dtype=torch.float32, device=dev)
-    residual = torch.empty(n, d, dtype=torch.float32, device=dev)
-    parts: list[list[DepthOutput]] = [[] for _ in range(l_max)]
 
     step = max(1, chunk or DEFAULT_CHUNK)
-    for start in range(0, n, step):
-        m = min(step, n - start)
-        sl = slice(start, start + m)
-        R = normalise(x[sl]).contiguous()
+    for start, rows_in in item_chunks(x, step, dev, check=check_rows):
+        m = rows_in.shape[0]
+        R = normalise(rows_in).contiguous()
+        del rows_in
+        out = results.chunk(start, m)
         rows = torch.arange(m, device=dev)
         idx = rows.clone()
         count = torch.full((1,), m, dtype=torch.int64, device=dev)
-        counts = torch.empty(l_max, dtype=torch.int64, device=dev)
+        counts = torch.empty(l_max, dtype=torch.int64, device=dev) if keep_depths else None
         history = []
         for depth, (k, D, packed) in enumerate(params):
-            counts[depth:depth + 1].copy_(count)
+            if keep_depths:
+                counts[depth:depth + 1].copy_(count)
             rec = _records(m, k, need_weights, dev)
             route_stack_depth(
                 R, idx, count, packed, D, capsules=k, rounds=rounds, hard=hard, eta=eta, tau=tau, eps=eps,
-                last=depth == l_max - 1, depth=depth, sids=sids[sl], lengths=lengths[sl],
-                reasons=reasons[sl], recon=recon[sl], need_weights=need_weights, tf32=tf32, rec=rec,
+                last=depth == l_max - 1, depth=depth, sids=out["sids"], lengths=out["lengths"],
+                reasons=out["stop_reason"], recon=out["recon"], need_weights=need_weights, tf32=tf32, rec=rec,
             )
-            history.append((idx, rec))
+            if keep_depths:
+                history.append((idx, rec))
             if depth == l_max - 1:
                 break
             # Stable compaction of the rows that go on, without the host: prefix sum + scatter.
@@ -97,25 +107,25 @@ def tokenize_stack_triton(
             nxt = torch.empty(m + 1, dtype=torch.int64, device=dev)  # slot m takes the dropped rows
             nxt.scatter_(0, torch.where(keep, pos, m), idx)
             idx, count = nxt[:m], keep.sum().reshape(1)
-        residual[sl] = R.float()
-        host_counts = counts.tolist()  # the chunk's one synchronisation
-        for depth, (idx_d, rec) in enumerate(history):
-            c = host_counts[depth]
-            if c == 0:
-                continue
-            weights = torch.exp(rec["logits"][:c] - rec["lse"][:c, None]) if need_weights else None
-            parts[depth].append(DepthOutput(
-                idx_d[:c] + start, rec["token"][:c], rec["confidence"][:c], rec["onorm"][:c],
-                rec["residual_norm"][:c], rec["prev_residual_norm"][:c], rec["stop_reason"][:c], weights,
-            ))
+        if keep_residual:
+            if out["residual"] is None:
+                out["residual"] = R.float()
+            else:
+                out["residual"].copy_(R)
+        results.commit(start, m, out)
+        if keep_depths:
+            host_counts = counts.tolist()  # the chunk's one synchronisation, only to cut the records
+            records = []
+            for depth, (idx_d, rec) in enumerate(history):
+                c = host_counts[depth]
+                if c == 0:
+                    break
+                weights = torch.exp(rec["logits"][:c] - rec["lse"][:c, None]) if need_weights else None
+                records.append(DepthOutput(
+                    idx_d[:c], rec["token"][:c], rec["confidence"][:c], rec["onorm"][:c],
+                    rec["residual_norm"][:c], rec["prev_residual_norm"][:c], rec["stop_reason"][:c], weights,
+                ))
+            results.add_depths(start, records)
         if progress is not None:
             progress(m)
-
-    depths = []
-    for recs in parts:
-        if not recs:
-            break
-        fields = [None if getattr(recs[0], f) is None else torch.cat([getattr(r, f) for r in recs])
-                  for f in DepthOutput._fields]
-        depths.append(DepthOutput(*fields))
-    return StackOutput(sids, lengths, reasons, recon, residual, tuple(depths))
+    return results.output()

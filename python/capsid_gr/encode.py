@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float64"))
     p.add_argument("--backend", default="auto", help="auto, eager, triton or cuda")
     p.add_argument("--batch-size", type=_at_least_one, default=1 << 18, help="items per chunk (bounds memory)")
+    p.add_argument("--keep-recon", action="store_true",
+                   help="also keep the reconstruction and final residual of every item on the device (2 x N x d "
+                        "floats, unused by the diagnostics; by default they are never allocated)")
     p.add_argument("--json", help="also write the diagnostics to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -72,10 +75,12 @@ def run(args: argparse.Namespace) -> int:
           f"{dtype} on {device}, tokenizer freshly initialised (seed {args.seed})")
     x = x.to(device=device, dtype=dtype)
     start = time.perf_counter()
+    # The diagnostics read SIDs, lengths, stop reasons and the per-depth records only.
+    keep = None if args.keep_recon else ("sids", "lengths", "stop_reason", "depths")
     with torch.no_grad(), tqdm(total=x.shape[0], unit="item", desc="encode", disable=args.quiet) as bar:
         out = ck.tokenize(
             x, [(m.W, m.b, m.D) for m in tokenizer.layers], config.routing, precision=config.precision,
-            backend=config.backend, batch_size=args.batch_size, progress=bar.update,
+            backend=config.backend, batch_size=args.batch_size, progress=bar.update, outputs=keep,
         )
     if device.type == "cuda":
         torch.cuda.synchronize()
