@@ -29,7 +29,7 @@ from harness import bench, env_info, make_row, plot_rows, print_table, write_row
 from capsid_kernels import _ext  # noqa: E402
 from capsid_kernels.decode.beam_step_torch import beam_step_torch  # noqa: E402
 from capsid_kernels.decode.search import initial_beams  # noqa: E402
-from capsid_kernels.decode.trie import EOS, build_trie  # noqa: E402
+from capsid_kernels.decode.trie import EOS, PAD, build_trie  # noqa: E402
 
 MAX_LEN = 6
 
@@ -83,11 +83,11 @@ _COMPILED = {}
 
 def make_steppers(trie, b, compiled):
     args = (trie.child_start, trie.token, trie.end_bits)
-    out = {"cuda": lambda lg, n, s, f: torch.ops.capsid_C.beam_step(lg, n, s, f, *args, b),
-           "torch_csr": lambda lg, n, s, f: beam_step_torch(lg, n, s, f, *args, b, trie.max_fanout)}
+    out = {"cuda": lambda lg, n, s, f: torch.ops.capsid_C.beam_step(lg, n, s, f, *args, b, PAD, EOS),
+           "torch_csr": lambda lg, n, s, f: beam_step_torch(lg, n, s, f, *args, b, trie.max_fanout, PAD, EOS)}
     if compiled:
         fn = _COMPILED.setdefault("fn", torch.compile(beam_step_torch))
-        out["torch_csr_compiled"] = lambda lg, n, s, f: fn(lg, n, s, f, *args, b, trie.max_fanout)
+        out["torch_csr_compiled"] = lambda lg, n, s, f: fn(lg, n, s, f, *args, b, trie.max_fanout, PAD, EOS)
     return out
 
 
@@ -106,7 +106,7 @@ def states_at_depth(trie, q, b, vocab, depth, dtype):
     for _ in range(depth):
         lg = torch.randn(q * b, vocab, device="cuda", dtype=dtype)
         tok, par, node, score, fin = torch.ops.capsid_C.beam_step(lg, node, score, fin, trie.child_start,
-                                                                  trie.token, trie.end_bits, b)
+                                                                  trie.token, trie.end_bits, b, PAD, EOS)
         hist = torch.cat([hist[par], tok[:, None]], 1)
     return node, score, fin, hist
 

@@ -117,3 +117,32 @@ def test_stage1_backends_rejects_bad_flags(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             stage1_backends.main(argv + ["--out", str(tmp_path)])
         assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_decode_bench_steppers_call_the_step_with_the_token_ids():
+    """bench/decode.py's torch CSR stepper runs (on CPU) with the op's current signature and
+    picks the same beams as the library's own eager step: a stale call (the CUDA step's PAD/EOS
+    arguments, 04be45d) fails here instead of on the GPU."""
+    decode = _load("decode")
+    from capsid_kernels.decode.beam_step import beam_step
+    from capsid_kernels.decode.search import initial_beams
+    from capsid_kernels.decode.trie import EOS, FIRST_CODE, build_trie
+
+    g = torch.Generator().manual_seed(3)
+    paths = torch.randint(FIRST_CODE, FIRST_CODE + 6, (40, 3), generator=g)
+    paths = torch.cat([paths, torch.full((40, 1), EOS)], 1)
+    trie = build_trie(paths, FIRST_CODE + 6)
+    q, b = 3, 4
+    step = decode.make_steppers(trie, b, compiled=False)["torch_csr"]
+    beams = initial_beams(q, b, "cpu")
+    logits = torch.randn(q * b, trie.vocab_size, generator=g)
+    got = step(logits, beams.node, beams.score, beams.finished)
+    want = beam_step(logits, beams.node, beams.score, beams.finished, trie, b, backend="eager")
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    # a second step from the first one's beams: every beam live, EOS reachable after 3 tokens
+    logits2 = torch.randn(q * b, trie.vocab_size, generator=g)
+    got2 = step(logits2, got[2], got[3], got[4])
+    want2 = beam_step(logits2, want[2], want[3], want[4], trie, b, backend="eager")
+    for x, y in zip(got2, want2):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
