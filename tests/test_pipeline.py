@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from capsid_gr import pipeline
+from capsid_gr.data import SyntheticConfig
 
 TINY = {
     "synthetic": {"n_items": 200, "n_users": 300, "branching": (4, 2, 2), "level_scales": (1.0, 0.6, 0.35)},
@@ -42,6 +43,10 @@ def test_pipeline_writes_results_table(tmp_path, capsys):
         assert 0.0 <= r["recall@10"] <= 1.0 and r["recall@5"] <= r["recall@10"]
         run = folder / r["variant"] / f"seed{r['seed']}"
         assert (run / "stage2.safetensors").is_file() and (run / "results.json").is_file()
+        # every row names the vectors it read: the synthetic catalogue's own, by shape and digest
+        assert r["vectors"]["source"] == "synthetic (given)" and len(r["vectors"]["digest"]) == 64
+        assert r["vectors"]["shape"] == [TINY["synthetic"]["n_items"], SyntheticConfig().d]
+    assert len({r["vectors"]["digest"] for r in rows}) == 1
     assert (folder / "results.md").read_text().startswith("dataset ")
 
 

@@ -190,6 +190,19 @@ def load_data(args):
     return load_amazon(args.data, name=args.name)
 
 
+def vector_record(x: np.ndarray, info: dict) -> dict:
+    """What every results.json says about the item vectors its row read: where they came from (a
+    file, the synthetic data, or built: sources, block weights and the automatic choice), their
+    shape and a digest of their values (`features_digest`), so two rows on other vectors show."""
+    cfg = info.get("config") or {}
+    rec = {"source": info.get("source", "built"), "shape": list(np.shape(x)), "digest": features_digest(x)}
+    for key, value in (("sources", cfg.get("sources")), ("weights", cfg.get("weights")),
+                       ("weights_chosen", info.get("weights_chosen")), ("cache_key", info.get("key"))):
+        if value is not None:
+            rec[key] = list(value) if isinstance(value, tuple) else value
+    return rec
+
+
 def item_vectors(data, args, device) -> tuple[np.ndarray, dict]:
     if args.vectors:
         from .vectors import load_vector_file
@@ -388,7 +401,8 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
                       "generator": gcfg.to_dict(), "stage2": s2.to_dict()}
     t3 = time.perf_counter()
     metrics["not_first_in_leaf"] = not_first_in_leaf(items, pop, split.test.target)
-    out = {"dataset": data.name, "variant": variant, "seed": seed, "device": str(device),
+    out = {"dataset": data.name, "variant": variant, "seed": seed, "vectors": getattr(args, "vector_record", None),
+           "device": str(device),
            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "preset": args.preset, **info, **train_info, **metrics,
            "seconds": {"tokenizer": t1 - t0, "stage2": t2 - t1, "eval": t3 - t2, "total": t3 - t0}}
@@ -476,7 +490,8 @@ def run_anchor(name: str, seed: int, data, args, device, x: np.ndarray | None = 
     t1 = time.perf_counter()
     metrics = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
                        num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
-    out = {"dataset": data.name, "variant": name, "seed": seed, "device": str(device),
+    out = {"dataset": data.name, "variant": name, "seed": seed, "vectors": getattr(args, "vector_record", None),
+           "device": str(device),
            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "preset": args.preset, **info, **metrics,
            "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1, "total": time.perf_counter() - t0}}
@@ -600,6 +615,7 @@ def _run(args) -> int:
     start = time.perf_counter()
     data = load_data(args)
     x, vinfo = item_vectors(data, args, device)
+    args.vector_record = vector_record(x, vinfo)
     print(f"data {data.name}: {data.n_items} items, {len(data.sequences)} users; vectors {x.shape} "
           f"({vinfo.get('source', vinfo.get('key', ''))}); device {device}", flush=True)
     rows = []
