@@ -168,6 +168,9 @@ def test_encdec_item_features_enter_as_a_linear_map_of_the_unit_vectors(data):
     unit = x[ids[0, 1:]] / x[ids[0, 1:]].norm(dim=1, keepdim=True)
     want = torch.cat([torch.zeros(1, 32), unit @ model.feat.weight.T])[None]
     torch.testing.assert_close(model.item_vectors(ids) - plain.item_vectors(ids), want)
+    as_tensor = EncDecGenerator(items, EncDecConfig(**cfg, item_features=True), features=torch.as_tensor(
+        data.item_vectors, dtype=torch.float64), seed=3)  # a tensor (any dtype or device) is taken as well
+    torch.testing.assert_close(as_tensor.features, model.features, rtol=0, atol=0)
     for bad, why in [(None, "got nothing"), (data.item_vectors[:-1], "got shape"),
                      (np.full_like(data.item_vectors, np.nan), "non-finite")]:
         with pytest.raises(ValueError, match=f"item_features needs a finite.*{why}"):

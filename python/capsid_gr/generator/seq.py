@@ -285,7 +285,10 @@ class EncDecGenerator(nn.Module):
         self.tok = nn.Embedding(items.vocab_size, c.hidden)
         self.item = nn.Embedding(n_items, c.hidden) if c.item_ids else None
         if c.item_features:
-            f = None if features is None else torch.as_tensor(np.asarray(features, np.float32))
+            if isinstance(features, Tensor):  # any device: the buffer moves with the module
+                f = features.detach().to("cpu", torch.float32)
+            else:
+                f = None if features is None else torch.as_tensor(np.asarray(features, np.float32))
             if f is None or f.ndim != 2 or f.shape[0] != n_items or not bool(torch.isfinite(f).all()):
                 got = ("nothing" if f is None else f"shape {list(f.shape)}" if f.ndim != 2 or f.shape[0] != n_items
                        else "a non-finite value")
