@@ -10,11 +10,17 @@
 Backends (``--backends``, ``--train-backends``): ``eager`` (``route_reference``), ``compile``
 (``torch.compile`` of it), ``fair`` and ``fair_compile`` (the fair anchor, ``anchors.route_fair_anchor``,
 eager and ``torch.compile``d: the reference's math with the vote GEMM on bf16 tensor cores and float32
-softmax/accumulation, KERNELS.md "Fair anchors"), ``triton`` and ``cuda`` (forward only). The fair rows
-exist for bf16 only: for fp32 and tf32 the fair anchor is the reference's own math, so those dtypes take
-the ``compile`` row as their fair compiled anchor. ``speedup_vs_fair_compile`` (and, for training,
-``peak_vs_fair_compile``) is every row against that anchor of its (dtype, shapes) case, ``fair_anchor``
-names the row it was taken from; ``speedup_vs_eager``/``speedup_vs_compile`` are against the reference.
+votes, softmax and accumulation, KERNELS.md "Fair anchors": our Triton kernel's precision of work),
+``fair_bf16`` and ``fair_bf16_compile`` (``anchors.route_fair_bf16``: the votes stored in bf16 and every
+contraction over them a bf16 tensor-core bmm with float32 accumulation; less precise work than the Triton
+kernel, so the stronger, faster anchor), ``triton`` and ``cuda`` (forward only). The fair rows exist for
+bf16 only: for fp32 and tf32 both anchors are the reference's own math, so those dtypes take the
+``compile`` row as their fair compiled anchor. ``speedup_vs_fair_compile`` (and, for training,
+``peak_vs_fair_compile``) is every row against the precision-matched anchor of its (dtype, shapes) case,
+``fair_anchor`` names the row it was taken from; ``speedup_vs_fastest_fair`` / ``peak_vs_fastest_fair``
+are against the fastest fair compiled anchor of the case (bf16: ``fair_compile`` or ``fair_bf16_compile``,
+whichever ran faster), named in ``fastest_fair_anchor``: the ratio to quote.
+``speedup_vs_eager``/``speedup_vs_compile`` are against the reference.
 ``--fair`` runs only that comparison: bf16, default preset, N in ``--fair-ns``, forward rows (``--backends``)
 then the one-layer training step (``--train-backends``), to ``<out>/<tag>_fair.json``.
 
@@ -54,18 +60,21 @@ PRESETS = {"default": dict(K=256, dc=64, d=128), "industrial": dict(K=1024, dc=9
 PRECS = {"fp32": (torch.float32, "exact"), "tf32": (torch.float32, "tf32"), "bf16": (torch.bfloat16, "exact")}
 ROUNDS = 3
 EAGER_BYTES_LIMIT = 40 * 2**30  # eager peaks at ~2.5 live [N, K, d_c] float32 tensors (measured)
-FORWARD_BACKENDS = ("eager", "compile", "fair", "fair_compile", "triton", "cuda")
-TRAIN_BACKENDS = ("eager", "compile", "fair", "fair_compile", "triton")
-VOTES_IN_MEMORY = ("eager", "compile", "fair", "fair_compile")  # they hold [N, K, d_c] float32 votes
-COMPILED = ("compile", "fair_compile")
-# The fair compiled anchor of each dtype: where the reference already does the kernel's precision of
-# work (fp32, tf32), it is the compiled reference itself.
+FAIR_ROWS = ("fair", "fair_compile", "fair_bf16", "fair_bf16_compile")
+FORWARD_BACKENDS = ("eager", "compile", *FAIR_ROWS, "triton", "cuda")
+TRAIN_BACKENDS = ("eager", "compile", *FAIR_ROWS, "triton")
+VOTES_IN_MEMORY = ("eager", "compile", *FAIR_ROWS)  # they hold [N, K, d_c] votes (float32; bf16 for fair_bf16*)
+COMPILED = ("compile", "fair_compile", "fair_bf16_compile")
+# The fair compiled anchor of each dtype, precision-matched: where the reference already does the kernel's
+# precision of work (fp32, tf32), it is the compiled reference itself.
 FAIR_ANCHOR = {"bf16": "fair_compile", "fp32": "compile", "tf32": "compile"}
+# Every fair compiled anchor of each dtype; the fastest of a case is the one to quote (add_ratios).
+FAIR_COMPILED = {"bf16": ("fair_compile", "fair_bf16_compile"), "fp32": ("compile",), "tf32": ("compile",)}
 
 
 def runs_for(backend: str, prec: str) -> bool:
-    """Whether ``backend`` has a row at ``prec``: the fair anchor only where it differs from the reference."""
-    return backend not in ("fair", "fair_compile") or FAIR_ANCHOR[prec] == "fair_compile"
+    """Whether ``backend`` has a row at ``prec``: the fair anchors only where they differ from the reference."""
+    return backend not in FAIR_ROWS or FAIR_ANCHOR[prec] == "fair_compile"
 
 
 def make_layer(K, dc, d, dtype, seed, device="cuda"):
@@ -99,12 +108,13 @@ def matmul_ceiling(env) -> list[dict]:
     return rows
 
 
-def layer_fns(W, b, D, precision: str, *, compiled: Callable[..., Any], fair_compiled: Callable[..., Any]
-              ) -> dict[str, Callable[[torch.Tensor], Any]]:
+def layer_fns(W, b, D, precision: str, *, compiled: Callable[..., Any], fair_compiled: Callable[..., Any],
+              fair_bf16_compiled: Callable[..., Any]) -> dict[str, Callable[[torch.Tensor], Any]]:
     """One routing layer ``r -> RouteOutput`` (T = ROUNDS, soft) on fixed W, b, D for every backend name;
-    ``compiled``/``fair_compiled`` are the caller's ``torch.compile`` of the reference and the fair anchor."""
+    ``compiled``/``fair_compiled``/``fair_bf16_compiled`` are the caller's ``torch.compile`` of the
+    reference and of the two fair anchors."""
     import capsid_kernels as ck
-    from anchors import route_fair_anchor
+    from anchors import route_fair_anchor, route_fair_bf16
     from capsid_kernels.reference import route_reference
 
     return {
@@ -112,6 +122,8 @@ def layer_fns(W, b, D, precision: str, *, compiled: Callable[..., Any], fair_com
         "compile": lambda r: compiled(r, W, b, D, rounds=ROUNDS),
         "fair": lambda r: route_fair_anchor(r, W, b, D, rounds=ROUNDS),
         "fair_compile": lambda r: fair_compiled(r, W, b, D, rounds=ROUNDS),
+        "fair_bf16": lambda r: route_fair_bf16(r, W, b, D, rounds=ROUNDS),
+        "fair_bf16_compile": lambda r: fair_bf16_compiled(r, W, b, D, rounds=ROUNDS),
         "triton": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="triton"),
         "cuda": lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="cuda"),
     }
@@ -121,12 +133,11 @@ def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, ou
                device: str = "cuda") -> list[dict]:
     """Forward of one layer: one row per (preset, precision, N, backend), in the order of ``backends``.
 
-    ``fair``/``fair_compile`` rows only at bf16 (``runs_for``); ``compile`` and ``fair_compile`` only for
-    the ``compile_cases``. Out of memory and a backend that cannot run these inputs (``device="cpu"``,
+    The fair rows only at bf16 (``runs_for``); the ``COMPILED`` rows only for the ``compile_cases``. Out of memory and a backend that cannot run these inputs (``device="cpu"``,
     for the CPU tests: Triton and CUDA) become a row with ``error``. Ratios are added by ``route_ratios``.
     """
     import capsid_kernels as ck
-    from anchors import route_fair_anchor
+    from anchors import route_fair_anchor, route_fair_bf16
     from capsid_kernels.ops._precision import matmul_precision
     from capsid_kernels.reference import route_reference
 
@@ -138,7 +149,8 @@ def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, ou
             W, b, D = make_layer(K, dc, d, dtype, seed=1, device=device)
             tf32 = precision == "tf32"
             fns = layer_fns(W, b, D, precision, compiled=torch.compile(route_reference, dynamic=True),
-                            fair_compiled=torch.compile(route_fair_anchor, dynamic=True))
+                            fair_compiled=torch.compile(route_fair_anchor, dynamic=True),
+                            fair_bf16_compiled=torch.compile(route_fair_bf16, dynamic=True))
             for n in ns:
                 rsize = n * d * W.element_size()
                 inputs = [unit_rows(n, d, dtype, seed=100 + i, device=device) for i in range(rotation_count(rsize))]
@@ -151,7 +163,7 @@ def route_rows(presets, ns, precs, backends, env, max_time_ms, compile_cases, ou
                         continue
                     fn = fns[backend]
                     err = None
-                    if backend in VOTES_IN_MEMORY and n * K * dc * 4 * 2.5 > EAGER_BYTES_LIMIT:
+                    if backend in VOTES_IN_MEMORY and n * K * dc * 4 * 2.5 > EAGER_BYTES_LIMIT:  # fp32 bound
                         err = f"skipped: eager votes [N, K, d_c] need {n * K * dc * 4 / 2**30:.1f} GiB each"
                     timing = None
                     if err is None:
@@ -334,8 +346,11 @@ def train_case(step, inputs, *, op: str, backend: str, prec: str, shapes: dict, 
 def add_ratios(case: list[dict]) -> None:
     """Ratios on the rows of one (dtype, shapes) case: ``speedup_vs_eager``, ``speedup_vs_compile`` and
     ``speedup_vs_fair_compile`` (its time over the row's), ``peak_vs_eager`` and ``peak_vs_fair_compile``
-    (the row's peak over its). The fair compiled anchor is the ``FAIR_ANCHOR`` row of the case's dtype,
-    named in ``fair_anchor`` on every row that got a ratio against it."""
+    (the row's peak over its). The fair compiled anchor is the ``FAIR_ANCHOR`` row of the case's dtype
+    (precision-matched), named in ``fair_anchor`` on every row that got a ratio against it.
+    ``speedup_vs_fastest_fair`` and ``peak_vs_fastest_fair`` are against the fastest of the case's
+    ``FAIR_COMPILED`` rows that ran (bf16: ``fair_compile`` or ``fair_bf16_compile``), named in
+    ``fastest_fair_anchor`` on every row that got a ratio against it."""
     base = {r["backend"]: r for r in case if "median_ms" in r}
     for r in case:
         fair = FAIR_ANCHOR.get(r["dtype"], "compile")
@@ -347,6 +362,13 @@ def add_ratios(case: list[dict]) -> None:
                 r[f"peak_vs_{name}"] = round(r["peak_mib"] / base[other]["peak_mib"], 4)
         if "speedup_vs_fair_compile" in r:
             r["fair_anchor"] = fair
+        ran = [base[name] for name in FAIR_COMPILED.get(r["dtype"], ("compile",)) if name in base]
+        fastest = min(ran, key=lambda x: x["median_ms"]) if ran else None
+        if fastest is not None and "median_ms" in r:
+            r["speedup_vs_fastest_fair"] = round(fastest["median_ms"] / r["median_ms"], 2)
+            r["fastest_fair_anchor"] = fastest["backend"]
+            if r.get("peak_mib") and fastest.get("peak_mib"):
+                r["peak_vs_fastest_fair"] = round(r["peak_mib"] / fastest["peak_mib"], 4)
 
 
 @torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)  # see fresh_compile
@@ -356,13 +378,13 @@ def train_rows(ns, precs, env, max_time_ms, on_case: Optional[Callable[[list[dic
     """Training step of one layer (issue 7): forward + backward to r, W, b and D, default preset.
 
     The loss takes r' and q (upstream gradients fixed random tensors, never zeros). Backends: eager
-    autograd of the reference, torch.compile of it (forward and backward compiled), the fair anchor
+    autograd of the reference, torch.compile of it (forward and backward compiled), the two fair anchors
     eager and compiled (bf16 only, ``runs_for``; issue 20) and the Triton backend (fused forward that
     saves O(N·T·d_c), fused backward). Ratios and peak memory from this run.
     ``on_case(rows)`` is called with the rows so far after every (dtype, N) case. ``dims`` (K, dc, d)
     defaults to the default preset; small ones and ``device="cpu"`` serve the CPU tests.
     """
-    from anchors import route_fair_anchor
+    from anchors import route_fair_anchor, route_fair_bf16
     from capsid_kernels.reference import route_reference
 
     unknown = sorted(set(backends) - set(TRAIN_BACKENDS))
@@ -375,7 +397,8 @@ def train_rows(ns, precs, env, max_time_ms, on_case: Optional[Callable[[list[dic
         tf32 = precision == "tf32"
         W, b, D = (t.requires_grad_() for t in make_layer(K, dc, d, dtype, seed=1, device=device))
         fwd = layer_fns(W, b, D, precision, compiled=fresh_compile(route_reference),
-                        fair_compiled=fresh_compile(route_fair_anchor))
+                        fair_compiled=fresh_compile(route_fair_anchor),
+                        fair_bf16_compiled=fresh_compile(route_fair_bf16))
         for n in ns:
             g = torch.Generator(device=device).manual_seed(7)
             g_res = torch.randn(n, d, device=device, generator=g).to(dtype)
@@ -499,7 +522,8 @@ def report_train(rows: Sequence[dict], op: str, path: pathlib.Path, y: str, titl
     """Print the table of one training op's rows and plot ``y`` against N (one panel per dtype)."""
     sub = [r for r in rows if r["op"] == op]
     print_table(sub, ["op", "backend", "dtype", "shapes", y, "peak_mib", "speedup_vs_eager", "speedup_vs_compile",
-                      "speedup_vs_fair_compile", "peak_vs_eager", "peak_vs_fair_compile", "error"])
+                      "speedup_vs_fair_compile", "speedup_vs_fastest_fair", "fastest_fair_anchor", "peak_vs_eager",
+                      "peak_vs_fair_compile", "peak_vs_fastest_fair", "error"])
     plot_rows(sub, path, x="shapes.N", y=y, series=lambda r: f"{r['backend']} {r['dtype']}",
               panel=lambda r: r["dtype"], title=title)
 
@@ -574,7 +598,8 @@ def _checked_args(p: argparse.ArgumentParser, args) -> SimpleNamespace:
 def report_route(route: Sequence[dict], path: pathlib.Path, title: str) -> None:
     """Print the table of the forward rows and plot ns per item-layer against N (one panel per preset)."""
     print_table(route, ["backend", "dtype", "shapes", "ns_per_item_layer", "tflops", "peak_mib", "speedup_vs_compile",
-                        "speedup_vs_fair_compile", "speedup_vs_triton", "error"])
+                        "speedup_vs_fair_compile", "speedup_vs_fastest_fair", "fastest_fair_anchor", "speedup_vs_triton",
+                        "error"])
     plot_rows(route, path, x="shapes.N", y="ns_per_item_layer", series=lambda r: f"{r['backend']} {r['dtype']}",
               panel=lambda r: r["shapes"]["preset"], title=title)
 
@@ -611,7 +636,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-backends", default=",".join(TRAIN_BACKENDS), help="of the one-layer training rows")
     p.add_argument("--train-stack-backends", default=",".join(STACK_BACKENDS))
     p.add_argument("--fair", action="store_true",
-                   help="only the comparison with the fair anchor: bf16, default preset, forward (--backends) and "
+                   help="only the comparison with the fair anchors (fair*, fair_bf16*): bf16, default preset, forward (--backends) and "
                         "one-layer training step (--train-backends) at N in --fair-ns, to <tag>_fair.json")
     p.add_argument("--fair-ns", default="65536")
     args = p.parse_args(argv)
