@@ -75,12 +75,15 @@ def routing_params(routing: Optional[RoutingParams] = None, overrides: Optional[
 
 @dataclass(frozen=True)
 class ExecutionOptions:
-    """How routing runs, not what it computes (to within the backends' measured tolerances).
+    """How an op runs, not what it computes (to within the backends' measured tolerances). The
+    modules take it whole, and so does every public op (``execution=``), whose loose keywords
+    (``backend=``, ...) replace its fields (``execution_options``): these defaults are the only ones.
 
     backend: "auto", "eager", "triton" or "cuda" (see ``python -m capsid_kernels.info``).
-    precision: "exact" float32 matmuls, or "tf32" on the GPU.
+    precision: "exact" float32 matmuls, or "tf32" on the GPU (no effect on squash and the beam ops).
     check_inputs: reject zero and non-finite item vectors, and non-finite weights W, b, D
-        (one synchronisation per call each).
+        (one synchronisation per call each); ``route``'s and ``squash``'s ``check_finite`` (off by
+        default there, ``HOT_PATH``) and the beam ops' ``check_values`` (their value checks).
     """
 
     backend: str = "auto"
@@ -98,6 +101,41 @@ class ExecutionOptions:
 
 EXECUTION = tuple(f.name for f in dataclasses.fields(ExecutionOptions))
 """CapsIDConfig fields that choose how the routing runs: not part of any checkpoint identity."""
+
+HOT_PATH = ExecutionOptions(check_inputs=False)
+"""What ``route`` and ``squash`` run with when no ``execution`` is given: ExecutionOptions' backend and
+precision, without the value check (one synchronisation per call in a hot path). The modules,
+``tokenize`` and the beam ops start from ``ExecutionOptions()``, which checks."""
+
+EXECUTION_ALIASES = {"check_finite": "check_inputs", "check_values": "check_inputs"}
+"""Loose keywords that spell a field another way: ``route``'s and ``squash``'s ``check_finite`` and the
+beam ops' ``check_values`` are ``check_inputs``."""
+
+
+def execution_options(execution: Optional[ExecutionOptions] = None, keywords: Optional[dict] = None, *,
+                      default: Optional[ExecutionOptions] = None) -> ExecutionOptions:
+    """``execution`` (when None: ``default``, else ``ExecutionOptions()``) with the loose keywords that
+    were given: how the public ops keep accepting ``backend=``, ``precision=``, ``check_inputs=`` (or an
+    ``EXECUTION_ALIASES`` spelling) beside an ``ExecutionOptions``. A keyword left at None means "the
+    field of ``execution``", so no signature writes a default of its own. Unknown names raise TypeError;
+    a bad value raises ValueError naming the keyword."""
+    if execution is None:
+        execution = ExecutionOptions() if default is None else default
+    elif not isinstance(execution, ExecutionOptions):
+        raise TypeError(f"execution: expected None or a capsid_kernels.ExecutionOptions, got {type(execution).__name__}")
+    fields = {}
+    for name, value in (keywords or {}).items():
+        if value is None:
+            continue
+        field = EXECUTION_ALIASES.get(name, name)
+        if field not in EXECUTION:
+            raise TypeError(f"unexpected keyword argument {name!r}; the execution keywords are {', '.join(EXECUTION)}")
+        if field != name and not isinstance(value, bool):  # the dataclass would name the field, not the keyword
+            raise ValueError(f"{name}: expected None or a bool (ExecutionOptions.{field}), got {short(value)}")
+        fields[field] = value
+    if not fields:
+        return execution
+    return dataclasses.replace(execution, **fields)
 
 _R, _E = RoutingParams, ExecutionOptions  # the defaults below are read from these, never rewritten
 

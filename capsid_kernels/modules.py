@@ -71,7 +71,7 @@ def route_layer(layer: CapsuleLayer, r: Tensor, routing: RoutingParams, executio
     """``route`` through one layer's parameters with the given routing and execution options."""
     return route(
         r, layer.W, layer.b, layer.D, routing, last=last, need_weights=need_weights, need_onorm=need_onorm,
-        precision=execution.precision, backend=execution.backend, check_finite=execution.check_inputs,
+        execution=execution,
     )
 
 
@@ -106,7 +106,7 @@ class CapsIDTokenizer(nn.Module):
             check_finite(**{f"layers[{i}].{n}": getattr(m, n) for i, m in enumerate(self.layers) for n in "WbD"})
         return tokenize(
             x.to(self.layers[0].W.dtype), [(m.W, m.b, m.D) for m in self.layers], self.config.routing,
-            need_weights=need_weights, precision=ex.precision, backend=ex.backend, check_inputs=ex.check_inputs,
+            need_weights=need_weights, execution=ex,
         )
 
     forward = tokenize

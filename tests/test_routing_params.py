@@ -24,6 +24,16 @@ def _source_files():
         yield from sorted((REPO / top).rglob("*.py"))
 
 
+def parameter_defaults(node: ast.AST) -> list[tuple[ast.arg, ast.expr]]:
+    """(parameter, default) of every parameter of a function or lambda node that has a default."""
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        return []
+    a = node.args
+    positional = a.posonlyargs + a.args
+    pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
+    return pairs + [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+
+
 def _routing_defaults_outside_home(path: pathlib.Path) -> list[str]:
     """Every place in `path` that writes a default for a routing field as a literal: a function
     parameter named rounds/mode/eta/tau/eps with a default, or a class field of that name set to a
@@ -31,13 +41,8 @@ def _routing_defaults_outside_home(path: pathlib.Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            a = node.args
-            positional = a.posonlyargs + a.args
-            pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
-            pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
-            found += [f"{path.relative_to(REPO)}:{arg.lineno} parameter {arg.arg}" for arg, _ in pairs
-                      if arg.arg in ROUTING_FIELDS]
+        found += [f"{path.relative_to(REPO)}:{arg.lineno} parameter {arg.arg}" for arg, _ in parameter_defaults(node)
+                  if arg.arg in ROUTING_FIELDS]
         if isinstance(node, ast.ClassDef) and node.name != "RoutingParams":
             for stmt in node.body:
                 if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)

@@ -12,12 +12,13 @@ one home, capsid_kernels.decode.trie; csrc/ holds no token id.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from .. import _ext
+from ..config import ExecutionOptions, execution_options
 from ..registry import dispatch, kernel
 from .beam_step_torch import beam_step_torch, step_fake
 from .trie import EOS, PAD, Trie
@@ -113,8 +114,12 @@ def check_step_values(logits: Tensor, node: Tensor, score: Tensor, trie: Trie) -
 
 
 def beam_step(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, trie: Trie, num_beams: int, *,
-              backend: str = "auto", check_values: bool = True) -> StepOutput:
+              execution: Optional[ExecutionOptions] = None, backend: Optional[str] = None,
+              check_values: Optional[bool] = None) -> StepOutput:
     """Advance Q queries of ``num_beams`` beams by one token inside ``trie`` (SPEC §7).
+
+    ``execution``: an ``ExecutionOptions`` (default ``ExecutionOptions()``; its precision has no
+    effect here); ``backend=`` and ``check_values=`` (its ``check_inputs``) replace its fields.
 
     ``check_values`` (default on) checks node ids, NaN/+inf logits and scores, which costs one
     host synchronisation; pass ``check_values=False`` in the hot path or under CUDA-graph
@@ -122,8 +127,9 @@ def beam_step(logits: Tensor, node: Tensor, score: Tensor, finished: Tensor, tri
     eager backend (its log-softmax is NaN) and is unspecified on cuda; a node id outside the
     trie reads out of bounds.
     """
-    check_step_args(logits, node, score, finished, trie, num_beams, check_values)
-    name = dispatch("beam_step", backend, logits.device.type, logits.dtype, num_beams=num_beams)
+    ex = execution_options(execution, {"backend": backend, "check_values": check_values})
+    check_step_args(logits, node, score, finished, trie, num_beams, ex.check_inputs)
+    name = dispatch("beam_step", ex.backend, logits.device.type, logits.dtype, num_beams=num_beams)
     if name == "cuda":
         _ext.load()
         out = torch.ops.capsid_C.beam_step(logits.contiguous(), node, score, finished, trie.child_start,

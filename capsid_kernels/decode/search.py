@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from ..config import ExecutionOptions, execution_options
 from .beam_step import beam_step
 from .layout import TokenLayout
 from .trie import BOS, Trie
@@ -61,9 +62,10 @@ def initial_beams(num_queries: int, num_beams: int, device) -> Beams:
 
 
 def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *, top_k: Optional[int] = None,
-                reorder_cache: Optional[Callable[[Tensor], None]] = None, backend: str = "auto",
+                reorder_cache: Optional[Callable[[Tensor], None]] = None,
+                execution: Optional[ExecutionOptions] = None, backend: Optional[str] = None,
                 live_only: bool = False, early_exit: bool = False, device=None,
-                check_values: bool = True, layout: Optional[TokenLayout] = None) -> SearchResult:
+                check_values: Optional[bool] = None, layout: Optional[TokenLayout] = None) -> SearchResult:
     """Decode ``num_queries`` queries with ``num_beams`` beams constrained to ``trie``.
 
     ``step_fn(beams) -> logits [R, V]`` (or [len(beams.rows), V] with ``live_only``) runs the
@@ -72,6 +74,8 @@ def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *
     Returns the top-K items per query: finished beams in score order, each leaf expanded to its
     items (most popular first); K defaults to ``num_beams``.
 
+    ``execution``: the ``ExecutionOptions`` of every ``beam_step`` (default ``ExecutionOptions()``);
+    ``backend=`` and ``check_values=`` (its ``check_inputs``) replace its fields.
     ``check_values`` (default on) checks each step's logits for NaN/+inf and the beams' node
     ids (one host synchronisation per step, see ``beam_step``); pass ``False`` in the hot path
     or to capture a CUDA graph. ``num_beams``, ``num_queries``, ``top_k`` and ``device`` are
@@ -82,6 +86,7 @@ def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *
     ``step_fn`` returns logits over the caller's vocabulary (``capsid_kernels.decode.layout``).
     """
     check_search_args(trie, num_beams, num_queries, top_k, device)
+    ex = execution_options(execution, {"backend": backend, "check_values": check_values})
     if layout is not None and not isinstance(layout, TokenLayout):
         raise TypeError(f"layout: expected None or a TokenLayout, got {type(layout).__name__}")
     device = torch.device(device) if device is not None else trie.device
@@ -117,8 +122,7 @@ def beam_search(step_fn: StepFn, trie: Trie, num_beams: int, num_queries: int, *
             logits = part.new_zeros(rows, part.shape[1]).index_copy_(0, beams.rows, part)
         else:
             logits = step_fn(beams)
-        out = beam_step(logits, beams.node, beams.score, beams.finished, trie, num_beams, backend=backend,
-                        check_values=check_values)
+        out = beam_step(logits, beams.node, beams.score, beams.finished, trie, num_beams, execution=ex)
         if reorder_cache is not None:
             reorder_cache(out.parent)
         beams = Beams(step=step + 1, tokens=out.token, parent=out.parent, node=out.node, score=out.score,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_route_args
-from ..config import RoutingParams, routing_params
+from ..config import HOT_PATH, ExecutionOptions, RoutingParams, execution_options, routing_params
 from ..reference import RouteOutput, compute_dtype
 from ..registry import dispatch
 from ._precision import matmul_precision
@@ -153,9 +153,10 @@ def route(
     last: bool = False,
     need_weights: bool = False,
     need_onorm: bool = False,
-    precision: str = "exact",
-    backend: str = "auto",
-    check_finite: bool = False,
+    execution: Optional[ExecutionOptions] = None,
+    precision: Optional[str] = None,
+    backend: Optional[str] = None,
+    check_finite: Optional[bool] = None,
     **routing_keywords,
 ) -> RouteOutput:
     """One CAPSID routing layer for N items (SPEC §2), differentiable in r, W, b and D.
@@ -164,13 +165,18 @@ def route(
     and one device. ``routing``: a ``RoutingParams`` (rounds, mode, eta, tau, eps); its fields
     may also be given as keywords (``route(r, W, b, D, tau=0.9)``), which replace those of
     ``routing``. ``last`` marks the final depth (stop reason CAP for items still going).
-    ``precision="tf32"`` lets float32 matmuls use tf32 on the GPU. Returns a ``RouteOutput``.
-    ``check_finite=True`` rejects NaN/Inf in r, W, b and D, naming the argument and row (one
+    ``execution``: an ``ExecutionOptions`` (backend, precision, check_inputs; default ``HOT_PATH``,
+    which does not check values); ``backend=``, ``precision=`` and ``check_finite=`` (its
+    ``check_inputs``) replace its fields. ``precision="tf32"`` lets float32 matmuls use tf32 on the
+    GPU. ``check_finite=True`` rejects NaN/Inf in r, W, b and D, naming the argument and row (one
     device synchronisation, so off by default in this hot path; ``CapsuleLayer`` turns it on).
+    Returns a ``RouteOutput``.
     """
     routing = routing_params(routing, routing_keywords)
-    check_route_args(r, W, b, D, precision, check_finite)
-    name = resolve_backend(backend, r, W, routing.rounds)
+    ex = execution_options(execution, {"backend": backend, "precision": precision, "check_finite": check_finite},
+                           default=HOT_PATH)
+    check_route_args(r, W, b, D, ex.precision, ex.check_inputs)
+    name = resolve_backend(ex.backend, r, W, routing.rounds)
     if name == "cuda":
         from .route_cuda import route_cuda as op  # the C++ kernel's custom op (csrc/route_fwd.cu)
     else:
@@ -181,7 +187,7 @@ def route(
     # enclosing autocast region must not turn their internal products into bfloat16
     with torch.autocast(r.device.type, enabled=False):
         outs = op(r, W, b, D, *op_scalars(routing), bool(last), bool(need_weights), bool(need_onorm),
-                  precision == "tf32")
+                  ex.precision == "tf32")  # the custom ops' schemas take plain scalars
     q, residual, recon, weights, onorm, token, reason = outs[:7]
     return RouteOutput(token, q, residual, recon, reason, weights if need_weights else None,
                        onorm if need_onorm else None)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
 from .. import _ext
 from .._validate import check_squash_args
+from ..config import HOT_PATH, ExecutionOptions, execution_options
 from ..registry import dispatch
 from ..reference import squash as squash_ref
 from ..reference import squash_backward as squash_backward_ref
@@ -34,14 +37,18 @@ def _backward(ctx, grad: Tensor) -> Tensor:
 squash_eager.register_autograd(_backward, setup_context=_setup)
 
 
-def squash(z: Tensor, *, backend: str = "auto", check_finite: bool = False) -> Tensor:
+def squash(z: Tensor, *, execution: Optional[ExecutionOptions] = None, backend: Optional[str] = None,
+           check_finite: Optional[bool] = None) -> Tensor:
     """``z * ||z|| / (0.5 + ||z||^2)`` over the last dimension, differentiable.
 
-    Computed in float32 (float64 for float64 input); returns z's dtype. ``check_finite=True``
+    Computed in float32 (float64 for float64 input); returns z's dtype. ``execution``: an
+    ``ExecutionOptions`` (default ``HOT_PATH``; its precision has no effect here);
+    ``backend=`` and ``check_finite=`` (its ``check_inputs``) replace its fields. ``check_finite=True``
     rejects NaN/Inf in z (one device synchronisation; off by default in this hot path).
     """
-    check_squash_args(z, check_finite)
-    name = dispatch("squash", backend, z.device.type, z.dtype)
+    ex = execution_options(execution, {"backend": backend, "check_finite": check_finite}, default=HOT_PATH)
+    check_squash_args(z, ex.check_inputs)
+    name = dispatch("squash", ex.backend, z.device.type, z.dtype)
     if name == "cuda":
         _ext.load()
         return torch.ops.capsid_C.squash_forward(z.contiguous())

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..config import RoutingParams, routing_params
+from ..config import ExecutionOptions, RoutingParams, execution_options, routing_params
 from ..reference import StackOutput, check_item_vectors, compute_dtype, tokenize_stack
 from ..reference.stack import STACK_OUTPUTS, StackResults, concat_outputs, item_chunks
 from ..registry import limit_reasons, select
@@ -31,9 +31,10 @@ def tokenize(
     routing: RoutingParams = RoutingParams(),
     *,
     need_weights: bool = False,
-    precision: str = "exact",
-    backend: str = "auto",
-    check_inputs: bool = True,
+    execution: Optional[ExecutionOptions] = None,
+    precision: Optional[str] = None,
+    backend: Optional[str] = None,
+    check_inputs: Optional[bool] = None,
     batch_size: Optional[int] = None,
     progress: Optional[Callable[[int], None]] = None,
     outputs: Union[None, str, Iterable[str]] = None,
@@ -45,6 +46,8 @@ def tokenize(
     """Tokenize item vectors x [N, d] through ``layers`` = [(W, b, D)] * L_max (SPEC §3).
 
     ``routing``: the ``RoutingParams`` of every depth; keywords may replace its fields, as in ``route``.
+    ``execution``: an ``ExecutionOptions`` (default ``ExecutionOptions()``); ``precision=``,
+    ``backend=`` and ``check_inputs=`` replace its fields.
 
     Zero or non-finite rows raise an error naming the item (``check_inputs=False`` skips
     that check, which costs one device synchronisation). ``batch_size`` bounds memory by
@@ -69,6 +72,7 @@ def tokenize(
     stop_reason and ``out_device="cpu"``: O(batch_size · (d + K)), plus x if it lives there.
     """
     routing = routing_params(routing, routing_keywords)
+    ex = execution_options(execution, {"backend": backend, "precision": precision, "check_inputs": check_inputs})
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor [N, d], got {type(x).__name__}")
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
@@ -83,24 +87,24 @@ def tokenize(
     if device is not None:
         layers = [tuple(t.to(compute) for t in layer) for layer in layers]
     on_device = x.device == compute
-    if check_inputs:
+    if ex.check_inputs:
         # Once, so an error names the item's index in x, not in a chunk. Off the device, x's rows are
         # checked chunk by chunk where they are computed; here only its shape and dtype.
         check_item_vectors(x if on_device else x[:0])
     elif x.dim() != 2:
         raise ValueError(f"x: expected a 2-D tensor [N, d], got shape {tuple(x.shape)}")
-    check_rows = check_inputs and not on_device
+    check_rows = ex.check_inputs and not on_device
     n, d, l_max = x.shape[0], x.shape[1], len(layers)
-    if _fast_stack(x, layers, routing.rounds, backend, compute):
+    if _fast_stack(x, layers, routing.rounds, ex.backend, compute):
         from ..triton.stack import tokenize_stack_triton  # imports Triton on first use only
 
         results = StackResults(n, d, l_max, device=compute, float_dtype=torch.float32, keep=keep,
                                out_device=out_dev, int_dtype=ints)
         return tokenize_stack_triton(
-            x, layers, routing, need_weights=need_weights, tf32=precision == "tf32", chunk=batch_size,
+            x, layers, routing, need_weights=need_weights, tf32=ex.precision == "tf32", chunk=batch_size,
             progress=progress, results=results, check_rows=check_rows,
         )
-    route_fn = functools.partial(route, precision=precision, backend=backend)
+    route_fn = functools.partial(route, execution=ex, check_finite=False)  # items checked above, once
     step = batch_size or max(1, n)
     if not bounded:
         parts = []

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..config import RoutingParams, routing_params
+from ..config import ExecutionOptions, RoutingParams, routing_params
 from .routing import CONTINUE, STOP_CAP, STOP_CONF, STOP_RESID, RouteOutput, route_reference
 from .squash import compute_dtype
 
@@ -88,7 +88,7 @@ def tokenize_stack(
     *,
     need_weights: bool = False,
     route_fn: RouteFn = route_reference,
-    check_inputs: bool = True,
+    check_inputs: bool = ExecutionOptions.check_inputs,
     **routing_keywords,
 ) -> StackOutput:
     """Tokenize N item vectors with ``len(layers)`` = L_max depths of (W, b, D).
