@@ -17,8 +17,10 @@
 #                                    # probe): RQ-KMeans seeds 1, 2, and seed 0 of GAOQ, RQ-VAE, CAPSID, CAPSID + dedup
 #   FIT_SECONDS=380 JOB_TIMEOUT=470 bash scripts/beauty_final.sh J   # seed-0 probes on the gpu preset (weighted
 #                                    # vectors, label smoothing, dropout 0.1, width 256), SASRec, the GPU tests
-#   FIT_SECONDS=380 JOB_TIMEOUT=470 bash scripts/beauty_final.sh L   # GAOQ x3, RQ-VAE, CAPSID + dedup, CAPSID on the
-#                                    # auto-weighted vectors (.data/beauty_vectors_c075.npy), beside the GPU tests
+#   EXTRA="--set fit.prior_alphas=[0,0.1,0.2,0.4]" FIT_SECONDS=360 JOB_TIMEOUT=470 bash scripts/beauty_final.sh L
+#                                    # GAOQ x2, RQ-KMeans, RQ-VAE, CAPSID + dedup, CAPSID on the auto-weighted
+#                                    # vectors (.data/beauty_vectors_c075.npy), each also with the popularity
+#                                    # correction chosen on validation, beside the GPU tests
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # G, H and I name the encoder-decoder flags they ran with, so they reproduce after the gpu preset took
@@ -85,7 +87,7 @@ case "${1:-A}" in
      TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"
      python3 -c "import capsid_kernels._C" || exit 1
      (SKIP_BUILD=1 SKIP_FULL=1 OUT=$O/gpu_check timeout 480 bash scripts/gpu_check.sh > "$O/gpu_check.txt" 2>&1) &
-     OUT=$O/c075 VECTORS=.data/beauty_vectors_c075.npy bash scripts/beauty_job.sh "gaoq 0" "gaoq 1" "gaoq 2" \
+     OUT=$O/c075 VECTORS=.data/beauty_vectors_c075.npy bash scripts/beauty_job.sh "gaoq 0" "gaoq 1" "rqkmeans 0" \
        "rqvae 0" "capsid-dedup 0" "capsid 0"
      wait ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \

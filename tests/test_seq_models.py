@@ -13,7 +13,7 @@ from capsid_gr.eval import build_item_trie
 from capsid_gr.ranking import ranking_metrics
 from capsid_gr.generator.seq import EncDecConfig, EncDecGenerator, EncDecRecommender
 from capsid_gr.pipeline import fit_baseline
-from capsid_gr.stage2.fit import FitConfig, fit_sequential, learning_rate
+from capsid_gr.stage2.fit import FitConfig, choose_prior_alpha, fit_sequential, learning_rate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -252,6 +252,12 @@ def test_fit_resumes_to_the_uninterrupted_result(data, tmp_path):
 def test_fit_config_names_bad_fields():
     with pytest.raises(ValueError, match=r"FitConfig.batch_size: expected an integer >= 1, got 0"):
         FitConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"FitConfig.prior_alphas: expected a non-empty list of numbers in \[0, 4\]"):
+        FitConfig(prior_alphas=[0.0, -1])
+    with pytest.raises(ValueError, match=r"FitConfig.prior_alphas: expected a non-empty list"):
+        FitConfig(prior_alphas=[])
+    assert FitConfig(prior_alphas=[0, 1]).prior_alphas == (0.0, 1.0)
+    assert "prior_alphas" not in FitConfig().identity()  # a decoding choice: a checkpoint resumes under any
     with pytest.raises(ValueError, match=r"FitConfig.min_lr: expected a number in \[0, 1\]"):
         FitConfig(min_lr=2.0)
 
@@ -371,3 +377,50 @@ def test_the_pipeline_command_runs_without_cudnn_attention_and_restores_it(monke
     torch.backends.cuda.enable_cudnn_sdp(True)
     assert pipeline.run(None) == 0 and seen == [False]
     assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_popularity_correction_reranks_the_beam_by_score_minus_alpha_log_count(data):
+    split = data.split(max_history=20)
+    items = _rq_items(data)
+    pop = data.popularity()
+    model = EncDecGenerator(items, EncDecConfig(hidden=32, heads=2, enc_layers=1, dec_layers=1, ffn=64, max_len=20),
+                            seed=1)
+    rec = EncDecRecommender(model, build_item_trie(items, pop, "cpu"), 20, popularity=pop)
+    # the rule itself, on hand-made rows: -1 / -inf slots stay last, ties keep beam order
+    it = torch.tensor([[3, 1, 2, -1], [0, 2, 1, 3]])
+    sc = torch.tensor([[-1.0, -1.5, -2.0, -np.inf], [-1.0, -1.0, -1.0, -1.0]])
+    rec.prior_alpha = 0.5
+    want = []
+    for r_it, r_sc in zip(it.tolist(), sc.tolist()):
+        adj = [(s - 0.5 * np.log1p(pop[i]) if i >= 0 else -np.inf, k) for k, (i, s) in enumerate(zip(r_it, r_sc))]
+        want.append([r_it[k] for _, k in sorted(adj, key=lambda t: (-t[0], t[1]))][:3])
+    assert rec._rerank(it, sc, 3).tolist() == want
+    # through decoding: the corrected top 10 are the plain beam's items, re-ordered
+    hist = split.test.histories()[:30]
+    rec.prior_alpha = 0.0
+    plain, _ = rec.recommend(hist, num_beams=20, top_k=20)
+    rec.prior_alpha = 2.0
+    corrected, _ = rec.recommend(hist, num_beams=20, top_k=10)
+    assert all(set(c.tolist()) <= set(p.tolist()) for c, p in zip(corrected, plain))
+    assert (corrected != plain[:, :10]).any()  # alpha = 2 moves popular items down somewhere
+    # mean log-popularity of the top 10 falls as alpha grows
+    lp = np.log1p(pop)
+    assert lp[corrected].mean() < lp[plain[:, :10]].mean()
+    with pytest.raises(ValueError, match="popularity="):
+        bare = EncDecRecommender(model, rec.trie, 20, prior_alpha=0.5)
+        bare.recommend(hist[:2], num_beams=20, top_k=10)
+
+
+def test_choose_prior_alpha_takes_the_best_validation_ndcg(data):
+    split = data.split(max_history=20)
+    items = _rq_items(data)
+    pop = data.popularity()
+    model = EncDecGenerator(items, EncDecConfig(hidden=32, heads=2, enc_layers=1, dec_layers=1, ffn=64, max_len=20),
+                            seed=2)
+    rec = EncDecRecommender(model, build_item_trie(items, pop, "cpu"), 20, popularity=pop)
+    cfg = FitConfig(**{**FIT, "prior_alphas": [0.0, 0.5, 3.0], "val_users": 200, "num_beams": 20})
+    alpha, table = choose_prior_alpha(rec, split, cfg)
+    assert set(table) == {"0.0", "0.5", "3.0"} and rec.prior_alpha == alpha
+    assert table[str(alpha)]["ndcg@10"] == max(m["ndcg@10"] for m in table.values())
+    assert len({m["ndcg@10"] for m in table.values()}) > 1  # the candidates rank differently
+    assert choose_prior_alpha(rec, split, FitConfig(**FIT)) == (0.0, {}) and rec.prior_alpha == 0.0

@@ -361,24 +361,33 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
     if kind == "encdec":
         from .eval import build_item_trie
         from .generator.seq import EncDecConfig, EncDecGenerator, EncDecRecommender
-        from .stage2.fit import FitConfig, fit_sequential
+        from .stage2.fit import FitConfig, choose_prior_alpha, fit_sequential
         from .stage2.train import items_fingerprint
 
         fcfg = FitConfig(seed=seed, **_fit_overrides(preset, args))
         gcfg = EncDecConfig(**{"max_len": fcfg.max_history, **preset["encdec"]})
         split = data.split(max_history=fcfg.max_history)
         model = EncDecGenerator(items, gcfg, seed=seed, features=x if gcfg.item_features else None)
-        rec = EncDecRecommender(model, build_item_trie(items, pop, device), fcfg.max_history)
+        rec = EncDecRecommender(model, build_item_trie(items, pop, device), fcfg.max_history, popularity=pop)
         res = fit_sequential(model, rec, split, fcfg, device=device, out_dir=run_dir, show_progress=not args.quiet,
                              identity={"generator": gcfg.identity(), "items": items_fingerprint(items),
                                        **({"features": features_digest(x)} if gcfg.item_features else {})})
+        alpha, alpha_val = choose_prior_alpha(rec, split, fcfg)
         t2 = time.perf_counter()
         metrics = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
                            num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
         train_info = {"stage2_best_epoch": res.best_epoch, "stage2_epochs_run": len(res.history),
                       "stage2_stopped_by": res.stopped_by, "val_recall@10": res.best_val.get("recall@10"),
                       "val_ndcg@10": res.best_val.get("ndcg@10"), "generator_kind": kind,
-                      "generator": gcfg.to_dict(), "fit": fcfg.to_dict()}
+                      "generator": gcfg.to_dict(), "fit": fcfg.to_dict(), "prior_alpha": alpha}
+        if alpha_val:
+            # the same model's test rows without the correction, so its effect is read in one run
+            rec.prior_alpha = 0.0
+            plain = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
+                             num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
+            rec.prior_alpha = alpha
+            train_info.update(prior_alpha_val=alpha_val, plain_beam={k: v for k, v in plain.items()
+                                                                       if "recall" in k or "ndcg" in k})
     else:
         g_over = dict(preset["generator"])
         g_over["max_item_tokens"] = max(g_over.get("max_item_tokens", 8), items.max_path)

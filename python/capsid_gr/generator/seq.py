@@ -458,10 +458,26 @@ class _Timed:
 
 
 class EncDecRecommender(_Timed):
-    """Top-K items of the encoder-decoder generator under the trie (SPEC §7)."""
+    """Top-K items of the encoder-decoder generator under the trie (SPEC §7). With `popularity`
+    (training counts [n_items]) and `prior_alpha` > 0, the whole beam is re-ranked by
+    log P(item | history) - prior_alpha * log(1 + count): the popularity correction of
+    logit adjustment, applied to the finished items (the beam itself is searched as before)."""
 
-    def __init__(self, model: EncDecGenerator, trie, max_history: int = 50) -> None:
+    def __init__(self, model: EncDecGenerator, trie, max_history: int = 50, popularity=None,
+                 prior_alpha: float = 0.0) -> None:
         self.model, self.trie, self.max_history = model, trie, max_history
+        self.log_prior = None if popularity is None else torch.log1p(torch.as_tensor(
+            np.asarray(popularity), dtype=torch.float32).clamp_min(0))
+        self.prior_alpha = prior_alpha
+
+    def _rerank(self, items: Tensor, scores: Tensor, top_k: int) -> Tensor:
+        """items/scores [Q, B] (-1 / -inf past the last item) -> the top_k by the corrected score."""
+        if self.log_prior is None:
+            raise ValueError("EncDecRecommender.prior_alpha: a correction needs popularity=, got None")
+        prior = self.log_prior.to(items.device)[items.clamp_min(0)]
+        adjusted = torch.where(items >= 0, scores - self.prior_alpha * prior, torch.full_like(scores, -math.inf))
+        order = torch.sort(adjusted, dim=1, descending=True, stable=True).indices[:, :top_k]
+        return torch.gather(items, 1, order)
 
     @torch.no_grad()
     def recommend(self, histories: Sequence[np.ndarray], num_beams: int = 50, top_k: Optional[int] = None,
@@ -485,9 +501,12 @@ class EncDecRecommender(_Timed):
                         return logits.repeat_interleave(num_beams, dim=0)
                     return model.step(beams.tokens, beams.step, state, num_beams)
 
-            res = ck.beam_search(step_fn, self.trie, num_beams, q, top_k=top_k,
+            adjust = self.prior_alpha > 0
+            res = ck.beam_search(step_fn, self.trie, num_beams, q, top_k=num_beams if adjust else top_k,
                                  reorder_cache=lambda parent: model.reorder(state, parent), backend=backend,
                                  device=dev)
+            if adjust:
+                return self._rerank(res.items, res.item_scores, top_k).cpu().numpy()
             return res.items.cpu().numpy()
 
         out, timing = self.run(histories, batch_size, decode, top_k)

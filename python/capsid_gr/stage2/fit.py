@@ -40,7 +40,11 @@ class FitConfig:
     without a better validation NDCG@10 before stopping; val_users: validation subset size
     (None = all); num_beams: beam width of generative models; eval_batch_size: queries per
     decoding batch; max_history: window length in items (SPEC §8: 50); length_buckets: see
-    `bucketed_batches`; max_seconds: wall-clock budget (not part of the run's identity)."""
+    `bucketed_batches`; max_seconds: wall-clock budget (not part of the run's identity);
+    prior_alphas: the popularity corrections a generative model's beam may be re-ranked with
+    (`choose_prior_alpha`: score - alpha * log(1 + training count), alpha picked on the
+    validation users at the best state; (0.0,) = plain beam scores; a decoding choice, not part
+    of the run's identity)."""
 
     epochs: int = 200
     lr: float = 1e-3
@@ -58,6 +62,7 @@ class FitConfig:
     max_history: int = 50
     length_buckets: int = 16
     max_seconds: Optional[float] = None
+    prior_alphas: tuple = (0.0,)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,12 +86,17 @@ class FitConfig:
             raise ValueError(f"FitConfig.val_users: expected None or an integer >= 1, got {short(self.val_users)}")
         if self.max_seconds is not None and not (isinstance(self.max_seconds, (int, float)) and self.max_seconds >= 0):
             raise ValueError(f"FitConfig.max_seconds: expected None or a number >= 0, got {short(self.max_seconds)}")
+        a = self.prior_alphas
+        if (not isinstance(a, (list, tuple)) or not a
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 4 for v in a)):
+            raise ValueError(f"FitConfig.prior_alphas: expected a non-empty list of numbers in [0, 4], got {short(a)}")
+        object.__setattr__(self, "prior_alphas", tuple(float(v) for v in a))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict:
-        return {k: v for k, v in self.to_dict().items() if k != "max_seconds"}
+        return {k: v for k, v in self.to_dict().items() if k not in ("max_seconds", "prior_alphas")}
 
 
 def learning_rate(cfg: FitConfig, step: int, total: int, elapsed: Optional[float] = None) -> float:
@@ -234,3 +244,26 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(history, best_epoch, best_val, stopped_by, time.perf_counter() - start)
+
+
+def choose_prior_alpha(recommender, split: Split, cfg: FitConfig) -> tuple[float, dict]:
+    """Pick the popularity correction of `recommender` (its `prior_alpha`) on the same validation
+    users as early stopping, by NDCG@10, among `cfg.prior_alphas` (ties go to the smaller one);
+    leaves the winner set and returns it with each candidate's validation metrics. With one
+    candidate nothing is decoded."""
+    if len(cfg.prior_alphas) == 1:
+        recommender.prior_alpha = cfg.prior_alphas[0]
+        return cfg.prior_alphas[0], {}
+    users = validation_users(split, cfg)
+    hist = [split.valid.history[u, : split.valid.length[u]] for u in users]
+    target = split.valid.target[users]
+    table, best, best_alpha = {}, -1.0, 0.0
+    for alpha in sorted(cfg.prior_alphas):
+        recommender.prior_alpha = alpha
+        ranked, _ = recommender.recommend(hist, num_beams=cfg.num_beams, top_k=10, batch_size=cfg.eval_batch_size)
+        m = ranking_metrics(ranked, target, ks=(10,))
+        table[str(alpha)] = m
+        if m["ndcg@10"] > best:
+            best, best_alpha = m["ndcg@10"], alpha
+    recommender.prior_alpha = best_alpha
+    return best_alpha, table
