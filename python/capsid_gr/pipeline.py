@@ -368,26 +368,28 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
         gcfg = EncDecConfig(**{"max_len": fcfg.max_history, **preset["encdec"]})
         split = data.split(max_history=fcfg.max_history)
         model = EncDecGenerator(items, gcfg, seed=seed, features=x if gcfg.item_features else None)
-        rec = EncDecRecommender(model, build_item_trie(items, pop, device), fcfg.max_history, popularity=pop)
+        rec = EncDecRecommender(model, build_item_trie(items, pop, device), fcfg.max_history, popularity=pop,
+                                similarity=x)
         res = fit_sequential(model, rec, split, fcfg, device=device, out_dir=run_dir, show_progress=not args.quiet,
                              identity={"generator": gcfg.identity(), "items": items_fingerprint(items),
                                        **({"features": features_digest(x)} if gcfg.item_features else {})})
         alpha, alpha_val = choose_prior_alpha(rec, split, fcfg)
+        beta, beta_val = choose_sim_beta(rec, split, fcfg, getattr(args, "sim_betas", [0.0]))
         t2 = time.perf_counter()
         metrics = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
                            num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
         train_info = {"stage2_best_epoch": res.best_epoch, "stage2_epochs_run": len(res.history),
                       "stage2_stopped_by": res.stopped_by, "val_recall@10": res.best_val.get("recall@10"),
                       "val_ndcg@10": res.best_val.get("ndcg@10"), "generator_kind": kind,
-                      "generator": gcfg.to_dict(), "fit": fcfg.to_dict(), "prior_alpha": alpha}
-        if alpha_val:
-            # the same model's test rows without the correction, so its effect is read in one run
-            rec.prior_alpha = 0.0
+                      "generator": gcfg.to_dict(), "fit": fcfg.to_dict(), "prior_alpha": alpha, "sim_beta": beta}
+        if alpha_val or beta_val:
+            # the same model's test rows without the re-ranking, so its effect is read in one run
+            rec.prior_alpha = rec.sim_beta = 0.0
             plain = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
                              num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
-            rec.prior_alpha = alpha
-            train_info.update(prior_alpha_val=alpha_val, plain_beam={k: v for k, v in plain.items()
-                                                                       if "recall" in k or "ndcg" in k})
+            rec.prior_alpha, rec.sim_beta = alpha, beta
+            train_info.update(prior_alpha_val=alpha_val, sim_beta_val=beta_val,
+                              plain_beam={k: v for k, v in plain.items() if "recall" in k or "ndcg" in k})
     else:
         g_over = dict(preset["generator"])
         g_over["max_item_tokens"] = max(g_over.get("max_item_tokens", 8), items.max_path)
@@ -434,6 +436,27 @@ def generator_kind(args) -> str:
     if kind not in ("encdec", "decoder"):
         raise ValueError(f"--generator: expected 'encdec' or 'decoder', got {short(kind)}")
     return kind
+
+
+def choose_sim_beta(rec, split, fcfg, betas) -> tuple[float, dict]:
+    """The similarity weight of `rec` (its `sim_beta`) picked like `choose_prior_alpha` (same
+    validation users, NDCG@10, ties to the smaller), with its other settings as they stand."""
+    from .stage2.fit import choose_prior_alpha
+
+    class _Beta:  # choose_prior_alpha sets `prior_alpha`: route it to sim_beta
+        def __init__(self, rec):
+            self.rec = rec
+
+        def __setattr__(self, name, value):
+            if name == "prior_alpha":
+                self.rec.sim_beta = value
+            else:
+                object.__setattr__(self, name, value)
+
+        def recommend(self, *a, **k):
+            return self.rec.recommend(*a, **k)
+
+    return choose_prior_alpha(_Beta(rec), split, dataclasses.replace(fcfg, prior_alphas=tuple(betas)))
 
 
 def _fit_overrides(preset: dict, args, sasrec: bool = False) -> dict:
@@ -563,6 +586,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                    help="override one preset setting, e.g. --set stage2.patience=5 --set tokenizer.capsules=128 "
                         "(repeatable)")
     add_routing_arguments(p)
+    p.add_argument("--sim-betas", dest="sim_betas", action=NumberList, default=[0.0], metavar="B",
+                   help="encoder-decoder only: weights of cos(item, last history item) added to the beam's item "
+                        "scores; the best on the validation users is used (default 0: plain beam scores)")
     p.add_argument("--beams", type=int, default=50)
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     p.add_argument("--device", default="auto")
@@ -587,6 +613,8 @@ def check_flags(args) -> None:
         at_least("--stage2-epochs", [args.stage2_epochs], 1)
     if args.threads is not None:
         at_least("--threads", [args.threads], 1)
+    if any(b < 0 for b in args.sim_betas):
+        raise ValueError(f"--sim-betas: expected numbers >= 0, got {short(args.sim_betas)}")
     if max(args.ks) > args.beams:
         raise ValueError(f"--ks: expected cut-offs <= --beams {args.beams} (the beam returns that many items), "
                          f"got {max(args.ks)}")

@@ -458,24 +458,40 @@ class _Timed:
 
 
 class EncDecRecommender(_Timed):
-    """Top-K items of the encoder-decoder generator under the trie (SPEC §7). With `popularity`
-    (training counts [n_items]) and `prior_alpha` > 0, the whole beam is re-ranked by
-    log P(item | history) - prior_alpha * log(1 + count): the popularity correction of
-    logit adjustment, applied to the finished items (the beam itself is searched as before)."""
+    """Top-K items of the encoder-decoder generator under the trie (SPEC §7).
+
+    Two optional re-rankings of the finished beam (the search itself is unchanged), both off by
+    default: with `popularity` (training counts [n_items]) and `prior_alpha` > 0, the popularity
+    correction of logit adjustment, - prior_alpha * log(1 + count); with `similarity` (item
+    vectors [n_items, d]) and `sim_beta` > 0, + sim_beta * cos(item, the query's last history
+    item). Each is added to log P(item | history)."""
 
     def __init__(self, model: EncDecGenerator, trie, max_history: int = 50, popularity=None,
-                 prior_alpha: float = 0.0) -> None:
+                 prior_alpha: float = 0.0, similarity=None, sim_beta: float = 0.0) -> None:
         self.model, self.trie, self.max_history = model, trie, max_history
         self.log_prior = None if popularity is None else torch.log1p(torch.as_tensor(
             np.asarray(popularity), dtype=torch.float32).clamp_min(0))
-        self.prior_alpha = prior_alpha
+        self.unit = None if similarity is None else F.normalize(torch.as_tensor(
+            np.asarray(similarity, np.float32)), dim=1)
+        self.prior_alpha, self.sim_beta = prior_alpha, sim_beta
 
-    def _rerank(self, items: Tensor, scores: Tensor, top_k: int) -> Tensor:
-        """items/scores [Q, B] (-1 / -inf past the last item) -> the top_k by the corrected score."""
-        if self.log_prior is None:
-            raise ValueError("EncDecRecommender.prior_alpha: a correction needs popularity=, got None")
-        prior = self.log_prior.to(items.device)[items.clamp_min(0)]
-        adjusted = torch.where(items >= 0, scores - self.prior_alpha * prior, torch.full_like(scores, -math.inf))
+    def _rerank(self, items: Tensor, scores: Tensor, top_k: int, last: Optional[Tensor] = None) -> Tensor:
+        """items/scores [Q, B] (-1 / -inf past the last item), last [Q] (the last history item,
+        -1 = none) -> the top_k by the corrected score, ties in beam order."""
+        safe = items.clamp_min(0)
+        adjusted = scores
+        if self.prior_alpha > 0:
+            if self.log_prior is None:
+                raise ValueError("EncDecRecommender.prior_alpha: a correction needs popularity=, got None")
+            adjusted = adjusted - self.prior_alpha * self.log_prior.to(items.device)[safe]
+        if self.sim_beta > 0:
+            if self.unit is None or last is None:
+                raise ValueError("EncDecRecommender.sim_beta: a similarity term needs similarity= and the "
+                                 "queries' last items, got None")
+            unit = self.unit.to(items.device)
+            cos = (unit[safe] * unit[last.clamp_min(0)][:, None, :]).sum(-1)
+            adjusted = adjusted + self.sim_beta * torch.where(last[:, None] >= 0, cos, torch.zeros_like(cos))
+        adjusted = torch.where(items >= 0, adjusted, torch.full_like(scores, -math.inf))
         order = torch.sort(adjusted, dim=1, descending=True, stable=True).indices[:, :top_k]
         return torch.gather(items, 1, order)
 
@@ -501,12 +517,12 @@ class EncDecRecommender(_Timed):
                         return logits.repeat_interleave(num_beams, dim=0)
                     return model.step(beams.tokens, beams.step, state, num_beams)
 
-            adjust = self.prior_alpha > 0
+            adjust = self.prior_alpha > 0 or self.sim_beta > 0
             res = ck.beam_search(step_fn, self.trie, num_beams, q, top_k=num_beams if adjust else top_k,
                                  reorder_cache=lambda parent: model.reorder(state, parent), backend=backend,
                                  device=dev)
-            if adjust:
-                return self._rerank(res.items, res.item_scores, top_k).cpu().numpy()
+            if adjust:  # histories are left-padded: the last column is each query's last item
+                return self._rerank(res.items, res.item_scores, top_k, items[:, -1]).cpu().numpy()
             return res.items.cpu().numpy()
 
         out, timing = self.run(histories, batch_size, decode, top_k)
