@@ -14,7 +14,6 @@
 // (score, beam), so ties go to the lower beam, then the lower token, as SPEC §7 orders them.
 // Candidates whose score is not above -inf (including NaN) are never selectable.
 #include "beam_step.h"
-#include "squash.h"  // shape_str
 
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -31,10 +30,8 @@ using u64 = unsigned long long;
 using u32 = unsigned int;
 
 constexpr u64 kNone = ~0ull;
-constexpr int kRowWarps = 8;
 constexpr int kRegChildren = 8;  // children held in registers per lane: fanouts up to 256
 constexpr int kMergeThreads = 128;
-constexpr int kMaxBeams = 128;   // 4 list heads per lane in the merge
 
 __device__ __forceinline__ u32 desc_key(float v) {
   u32 u = __float_as_uint(v);
@@ -318,13 +315,6 @@ __global__ void __launch_bounds__(kMergeThreads) beam_merge_kernel(
   }
 }
 
-void check_input(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Tensor& like) {
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), name, ": expected a CUDA tensor on ",
-              like.device().str(), ", got one on ", t.device().str());
-  TORCH_CHECK(t.scalar_type() == dtype, name, ": expected ", c10::toString(dtype), ", got ", c10::toString(t.scalar_type()));
-  TORCH_CHECK(t.is_contiguous(), name, ": expected a contiguous tensor");
-}
-
 struct StepArgs {
   const at::Tensor &logits, &node, &score, &finished, &child_start, &token, &end_bits, &cand;
   at::Tensor &out_token, &out_parent, &out_node, &out_score, &out_finished;
@@ -363,35 +353,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step
     const at::Tensor& logits_in, const at::Tensor& node, const at::Tensor& score, const at::Tensor& finished,
     const at::Tensor& child_start, const at::Tensor& token, const at::Tensor& end_bits, int64_t num_beams,
     int64_t pad, int64_t eos) {
-  TORCH_CHECK(logits_in.is_cuda(), "logits: expected a CUDA tensor, got one on ", logits_in.device().str());
-  TORCH_CHECK(logits_in.dim() == 2, "logits: expected [Q*B, V], got ", shape_str(logits_in.sizes()));
-  TORCH_CHECK(logits_in.scalar_type() == at::kFloat || logits_in.scalar_type() == at::kBFloat16,
-              "logits: expected float32 or bfloat16, got ", c10::toString(logits_in.scalar_type()));
+  // Inputs are validated by check_beam_step (csrc/checks.cpp) before this is called.
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto logits = logits_in.contiguous();
   const int64_t rows = logits.size(0), vocab = logits.size(1);
-  TORCH_CHECK(num_beams >= 1 && num_beams <= kMaxBeams, "num_beams: the cuda beam step takes 1 to ", kMaxBeams,
-              " beams, got ", num_beams);
-  TORCH_CHECK(rows % num_beams == 0, "logits: ", rows, " rows is not a multiple of num_beams = ", num_beams);
-  TORCH_CHECK(vocab < (int64_t(1) << 31), "logits: vocabulary size ", vocab, " out of range");
-  // The token ids are the caller's (capsid_kernels.decode.trie holds them); EOS is the logit
-  // column every end node reads, so an id outside the row would read out of bounds.
-  TORCH_CHECK(eos >= 0 && eos < vocab, "eos: expected a token id in [0, V = ", vocab, "), got ", eos,
-              "; pass capsid_kernels.decode.trie.EOS");
-  TORCH_CHECK(pad >= 0 && pad < vocab, "pad: expected a token id in [0, V = ", vocab, "), got ", pad,
-              "; pass capsid_kernels.decode.trie.PAD");
-  check_input(node, "node", at::kInt, logits);
-  check_input(score, "score", at::kFloat, logits);
-  check_input(finished, "finished", at::kBool, logits);
-  check_input(child_start, "child_start", at::kInt, logits);
-  check_input(end_bits, "end_bits", at::kInt, logits);
-  TORCH_CHECK(token.is_cuda() && token.device() == logits.device() && token.is_contiguous() &&
-                  (token.scalar_type() == at::kShort || token.scalar_type() == at::kInt),
-              "token: expected a contiguous int16 or int32 CUDA tensor on ", logits.device().str());
-  TORCH_CHECK(node.numel() == rows && score.numel() == rows && finished.numel() == rows,
-              "node, score, finished: expected ", rows, " entries each");
-  TORCH_CHECK(child_start.numel() >= 1, "child_start: expected at least one entry");
-
   const auto opts = logits.options();
   auto out_token = at::empty({rows}, opts.dtype(at::kLong));
   auto out_parent = at::empty({rows}, opts.dtype(at::kLong));
@@ -401,7 +366,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step
   if (rows == 0) return {out_token, out_parent, out_node, out_score, out_finished};
   auto cand = at::empty({rows, num_beams}, opts.dtype(at::kLong));
 
-  TORCH_CHECK((rows + kRowWarps - 1) / kRowWarps <= 0x7fffffff, "logits: too many rows for one launch");
   StepArgs a{logits, node, score, finished, child_start, token, end_bits, cand,
              out_token, out_parent, out_node, out_score, out_finished, rows, vocab, static_cast<int>(num_beams),
              static_cast<int>(pad), static_cast<int>(eos)};

@@ -29,7 +29,18 @@ TORCH_LIBRARY_FRAGMENT(capsid_C, m) {
       "Tensor end_bits, int num_beams, int pad, int eos) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(capsid_C, CUDA, m) { m.impl("beam_step", &capsid::beam_step_cuda); }
+namespace {
+// The checks run here, in g++-compiled code, before the nvcc-compiled kernel wrapper (csrc/checks.cpp says why).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_checked(
+    const at::Tensor& logits, const at::Tensor& node, const at::Tensor& score, const at::Tensor& finished,
+    const at::Tensor& child_start, const at::Tensor& token, const at::Tensor& end_bits, int64_t num_beams,
+    int64_t pad, int64_t eos) {
+  capsid::check_beam_step(logits, node, score, finished, child_start, token, end_bits, num_beams, pad, eos);
+  return capsid::beam_step_cuda(logits, node, score, finished, child_start, token, end_bits, num_beams, pad, eos);
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(capsid_C, CUDA, m) { m.impl("beam_step", &beam_step_checked); }
 
 // Fused routing-layer forward (csrc/route_fwd.cu). CPU tensors get an error that names the fix.
 #include "route_fwd.h"
@@ -51,4 +62,15 @@ TORCH_LIBRARY_FRAGMENT(capsid_C, m) {
 }
 
 TORCH_LIBRARY_IMPL(capsid_C, CPU, m) { m.impl("route_forward", &route_forward_cpu); }
-TORCH_LIBRARY_IMPL(capsid_C, CUDA, m) { m.impl("route_forward", &capsid::route_forward_cuda); }
+namespace {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+route_forward_checked(const at::Tensor& r, const at::Tensor& W, const at::Tensor& b, const at::Tensor& D,
+                      int64_t rounds, bool hard, double eta, double tau, double eps, bool last, bool need_weights,
+                      bool need_onorm, bool tf32, int64_t stage_skip) {
+  capsid::check_route_forward(r, W, b, D, rounds);
+  return capsid::route_forward_cuda(r, W, b, D, rounds, hard, eta, tau, eps, last, need_weights, need_onorm, tf32,
+                                    stage_skip);
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(capsid_C, CUDA, m) { m.impl("route_forward", &route_forward_checked); }

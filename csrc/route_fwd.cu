@@ -20,7 +20,6 @@
 // tf32 is asked for, else a 3xTF32 split product (hi·hi + hi·lo + lo·hi, float32 accuracy).
 // Softmax and every accumulation are float32.
 #include "route_fwd.h"
-#include "squash.h"  // shape_str
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -41,6 +40,7 @@ enum class Prec : int { kBF16 = 0, kTF32 = 1, kFP32 = 2 };
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxBM = kWarps * 16 * 2;  // the largest block tile (Cfg::kBM)
+static_assert(kMaxBM == kRouteMaxBM, "check_route_forward's item bound assumes this tile");
 constexpr int kBD = 128;          // d padded
 constexpr int kSmemBudget = 225 * 1024;
 
@@ -662,40 +662,14 @@ void launch_dc(const Params& p, int bc, cudaStream_t stream) {
 
 int padded_dc(int64_t dc) { return dc <= 64 ? 64 : (dc <= 96 ? 96 : 128); }
 
-void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& like, int64_t dim) {
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), name, ": expected a CUDA tensor on ", like.device().str(),
-              ", got one on ", t.device().str());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, ": expected dtype ", c10::toString(like.scalar_type()),
-              " (that of r), got ", c10::toString(t.scalar_type()));
-  TORCH_CHECK(t.dim() == dim, name, ": expected ", dim, " dimensions, got shape ", shape_str(t.sizes()));
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 route_forward_cuda(const at::Tensor& r_in, const at::Tensor& W_in, const at::Tensor& b_in, const at::Tensor& D_in,
                    int64_t rounds, bool hard, double eta, double tau, double eps, bool last, bool need_weights,
                    bool need_onorm, bool tf32, int64_t stage_skip) {
-  TORCH_CHECK(r_in.is_cuda(), "r: expected a CUDA tensor, got one on ", r_in.device().str());
-  TORCH_CHECK(r_in.scalar_type() == at::kFloat || r_in.scalar_type() == at::kBFloat16,
-              "r: expected float32 or bfloat16, got ", c10::toString(r_in.scalar_type()));
-  TORCH_CHECK(r_in.dim() == 2, "r: expected [N, d], got shape ", shape_str(r_in.sizes()));
-  check_tensor(W_in, "W", r_in, 3);
-  check_tensor(b_in, "b", r_in, 2);
-  check_tensor(D_in, "D", r_in, 2);
+  // Inputs are validated by check_route_forward (csrc/checks.cpp) before this is called.
   const int64_t n = r_in.size(0), d = r_in.size(1), K = W_in.size(0), dc = W_in.size(1);
-  TORCH_CHECK(W_in.size(2) == d, "W: expected [K, d_c, ", d, "], got shape ", shape_str(W_in.sizes()));
-  TORCH_CHECK(b_in.size(0) == K && b_in.size(1) == dc, "b: expected [", K, ", ", dc, "], got shape ",
-              shape_str(b_in.sizes()));
-  TORCH_CHECK(D_in.size(0) == d && D_in.size(1) == dc, "D: expected [", d, ", ", dc, "], got shape ",
-              shape_str(D_in.sizes()));
-  TORCH_CHECK(d >= 1 && d <= kRouteMaxD, "r: the cuda routing kernel takes 1 <= d <= ", kRouteMaxD, ", got d = ", d,
-              " (use backend='triton' or 'eager')");
-  TORCH_CHECK(dc >= 1 && dc <= kRouteMaxDc, "W: the cuda routing kernel takes 1 <= d_c <= ", kRouteMaxDc,
-              ", got d_c = ", dc, " (use backend='triton' or 'eager')");
-  TORCH_CHECK(K >= 1 && K < (int64_t(1) << 30), "W: expected 1 <= K < 2^30 capsules, got K = ", K);
-  TORCH_CHECK(rounds >= 1 && rounds <= 64, "rounds: expected 1..64, got ", rounds);
-  TORCH_CHECK(n < (int64_t(1) << 31) - kMaxBM, "r: too many items for one launch: ", n);
 
   const c10::cuda::CUDAGuard guard(r_in.device());
   const auto r = r_in.contiguous(), D = D_in.contiguous();

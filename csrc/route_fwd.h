@@ -12,6 +12,13 @@ namespace capsid {
 // Largest sizes one item tile keeps on chip (d padded to 128, d_c to 64/96/128).
 constexpr int64_t kRouteMaxD = 128;
 constexpr int64_t kRouteMaxDc = 128;
+constexpr int64_t kRouteMaxBM = 256;  // the largest item tile of one block
+
+// Every argument check of the op, in g++-compiled code (csrc/checks.cpp): throws c10::Error
+// naming the argument, what was expected and what came. The op's registration calls it before
+// route_forward_cuda, which assumes valid inputs.
+void check_route_forward(const at::Tensor& r, const at::Tensor& W, const at::Tensor& b, const at::Tensor& D,
+                         int64_t rounds);
 
 // Returns (q, r', z, logits [N, K] or empty, lse [N] or empty, ||o|| [N] or empty, token, reason).
 // The Python wrapper turns (logits, lse) into c* = exp(logits - lse). ``tf32`` applies to float32
