@@ -230,7 +230,7 @@ def test_fit_resumes_to_the_uninterrupted_result(data, tmp_path):
 
         def log(rec):
             if stop_after is not None and rec["epoch"] == stop_after:
-                raise KeyboardInterrupt  # killed before this epoch's checkpoint
+                raise KeyboardInterrupt  # killed once this epoch's checkpoint is written
 
         res = fit_sequential(model, SASRecRecommender(model, 20), split, cfg, out_dir=out, show_progress=False,
                              log=log, identity={"sasrec": scfg.to_dict()})

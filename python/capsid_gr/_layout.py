@@ -11,7 +11,9 @@ Decisions worth knowing:
   atomic writes, config checks, checkpoint I/O (was stage1/checkpoint.py), the process-group
   context and differentiable gather (collective/, was distributed/context.py and gather.py) and
   the ranking metrics (ranking.py, was eval/metrics.py), so training validates and checkpoints
-  without importing retrieval, Stage 1's code or the distributed launcher.
+  without importing retrieval, Stage 1's code or the distributed launcher. The one training loop
+  (loop/: schedules, early stopping, the checkpointed epochs) is foundation too: Stage 1 (a
+  tokenizer stage), Stage 2 and the sequential fit all drive it.
 * tokenizers includes bpe/ and stage1/. In CAPSID the SemanticBPE merge gate is part of the
   tokenizer: Stage 1 trains it jointly with the capsule layers (L_BPE is a term of Stage 1's loss,
   SPEC §4-5) and its merges are part of the tokenizer's output. Stage 1 is tokenizer pretraining
@@ -44,7 +46,7 @@ def _modules(*names: str) -> tuple[str, ...]:
 
 LAYOUT: dict[str, tuple[str, ...]] = {
     "foundation": ("capsid_gr", *_modules("atomic", "checks", "checkpoint", "ranking"),
-                   *_package("collective", "context", "gather")),
+                   *_package("collective", "context", "gather"), *_package("loop", "epochs", "schedule", "stopping")),
     "data": _package("data", "amazon", "dataset", "synthetic"),
     "vectors": _package("vectors", "attributes", "build", "collaborative", "config", "content", "diagnostics"),
     "tokenizers": (*_package("tokenizer", "forward", "hamr", "inference", "losses", "schedules"),

@@ -6,7 +6,10 @@ annealed theta and alpha; then minibatches of items with
 AdamW with a per-step cosine learning rate; then the validation items' L_route decides early
 stopping. Every epoch ends with an atomic checkpoint and a JSON log line, and a run that
 finds its checkpoint picks up after the last finished epoch with bit-identical results: all
-randomness is drawn from generators seeded by (seed, epoch), never from global state.
+randomness is drawn from generators seeded by (seed, epoch), never from global state. The
+schedule, early stopping, best state, checkpoints and the gradient all-reduce are the shared
+training loop's (capsid_gr.loop.TrainLoop); this file keeps Stage 1's batches, losses and
+validation (L_route of the held-out items).
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from ..tokenizer.forward import forward_all_depths
 from ..tokenizer.inference import tokenize_items
 from ..tokenizer.hamr import HaMRConfig, hamr_from_config, routing_embedding, sids_from_tokens
 from .init import InitConfig, data_init
-from ..checkpoint import (differences, flatten_optimizer, load_checkpoint, require_meta, restore_optimizer, save_checkpoint,
-                         write_atomic)
+from ..checkpoint import differences
+from ..loop import Checkpointing, Cosine, EarlyStopping, TrainLoop
 from ..collective import gather_forward
 from ..checks import check_config
 
@@ -165,14 +168,15 @@ def bpe_candidates(tokenizer: ck.CapsIDTokenizer, sids: Tensor, item_weights: np
     )
 
 
-def _state(tokenizer, gate, prefix: str) -> dict:
-    return {f"{prefix}tok.{k}": v for k, v in tokenizer.state_dict().items()} | {
-        f"{prefix}gate.{k}": v for k, v in gate.state_dict().items()}
+def _state(tokenizer, gate) -> dict:
+    """What Stage 1 learns, named as its checkpoints have always named it."""
+    return {f"tok.{k}": v for k, v in tokenizer.state_dict().items()} | {
+        f"gate.{k}": v for k, v in gate.state_dict().items()}
 
 
-def _load_state(tokenizer, gate, tensors: dict, prefix: str) -> None:
-    tokenizer.load_state_dict({k[len(prefix) + 4:]: v for k, v in tensors.items() if k.startswith(prefix + "tok.")})
-    gate.load_state_dict({k[len(prefix) + 5:]: v for k, v in tensors.items() if k.startswith(prefix + "gate.")})
+def _load_state(tokenizer, gate, tensors: dict) -> None:
+    tokenizer.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("tok.")})
+    gate.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")})
 
 
 def train_stage1(
@@ -212,48 +216,43 @@ def train_stage1(
     train_idx, val_idx = split_items(n, cfg.val_fraction, cfg.seed)
     train_idx, val_idx = train_idx.to(device), val_idx.to(device)
     steps_per_epoch = max(1, math.ceil(train_idx.numel() / cfg.batch_size))
-    total_steps = cfg.epochs * steps_per_epoch
-
-    history: list[dict] = []
-    best_val, best_epoch, bad_epochs, first_epoch = float("inf"), -1, 0, 0
-    ckpt = Path(out_dir) / "stage1.safetensors" if out_dir is not None else None
-    log_path = Path(out_dir) / "stage1_log.jsonl" if out_dir is not None else None
-    init_summary = None
-    if cfg.init is not None and not (ckpt is not None and resume and ckpt.is_file()):
-        init_summary = data_init(tokenizer, x[train_idx].to(torch.float32), cfg.init, seed=cfg.seed)
-    best_state = _state(tokenizer, gate, "best.")
-    if ckpt is not None and resume and ckpt.is_file():
-        x = x.to(torch.float32)
-        tensors, meta = load_checkpoint(ckpt)
-        why = _resume_mismatch(meta, cfg, _digest(x), c)
-        if why:
-            raise ValueError(f"{ckpt}: checkpoint was written with other settings or data ({why}); "
-                             "use another output directory or --no-resume")
-        _load_state(tokenizer, gate, tensors, "")
-        best_state = {k: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-        require_meta(ckpt, meta, ("optimizer", "history", "best_val", "best_epoch", "bad_epochs", "epoch"))
-        restore_optimizer(opt, tensors, meta["optimizer"])
-        history, best_val, best_epoch = meta["history"], meta["best_val"], meta["best_epoch"]
-        init_summary = meta.get("init")
-        bad_epochs, first_epoch = meta["bad_epochs"], meta["epoch"] + 1
-    if dist is not None:
-        dist.broadcast_modules(tokenizer, gate)
-
     x = x.to(torch.float32)
     x_digest = _digest(x)
+
+    checkpoint = None
+    if out_dir is not None:
+        checkpoint = Checkpointing(
+            Path(out_dir) / "stage1.safetensors", Path(out_dir) / "stage1_log.jsonl",
+            header={"config": cfg.to_dict(), "n_items": n, "vectors": x_digest, "tokenizer_config": c.to_dict()},
+            mismatch=lambda meta: _resume_mismatch(meta, cfg, x_digest, c))
+    loop = TrainLoop(
+        epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, schedule=Cosine(cfg.lr, cfg.epochs * steps_per_epoch),
+        stopping=EarlyStopping(cfg.patience, goal="min", min_delta=1e-7, keys=("best_val", "best_epoch", "bad_epochs")),
+        optimizer=opt, params=params, state=lambda: _state(tokenizer, gate),
+        load_state=lambda t: _load_state(tokenizer, gate, t), device=device, seed=cfg.seed,
+        checkpoint=checkpoint, resume=resume, dist=dist, modules=(tokenizer, gate), grad_reduction="mean",
+        on_epoch_end=on_epoch_end, clock_start=start_time)
+    init_summary = None
+    if cfg.init is not None and not loop.resumable:
+        init_summary = data_init(tokenizer, x[train_idx], cfg.init, seed=cfg.seed)
+    # the fallback best state is the live tensors, not a copy: a run whose validation never
+    # improves (NaN) ends in its last state
+    meta = loop.begin(fallback=_state(tokenizer, gate))
+    if meta is not None:
+        init_summary = meta.get("init")
+
     full = tokenize_items(tokenizer, x, cfg.eval_batch_size)
-    stopped = bad_epochs >= cfg.patience
-    bar = tqdm(range(first_epoch, cfg.epochs), desc="stage 1", unit="epoch", disable=not show_progress or stopped)
+    bar = tqdm(loop.epochs(), total=loop.epochs_left, desc="stage 1", unit="epoch",
+               disable=not show_progress or loop.stopped)
     for epoch in bar:
-        if stopped:
-            break
         t = schedules.progress(epoch, cfg.epochs)
         margin = schedules.spread_margin(t, cfg.margin_start, cfg.margin_end)
         tau_g = schedules.gumbel_temperature(t, cfg.bpe.gumbel_start, cfg.bpe.gumbel_end)
         cands = bpe_candidates(tokenizer, full.sids, item_weights, cfg.bpe, t)
         labels = torch.as_tensor(cands.label, dtype=torch.float32, device=device)
-        order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        gumbel_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch + 1)
+        order_seed, gumbel_seed = loop.seeds()
+        order_gen = torch.Generator().manual_seed(order_seed)
+        gumbel_gen = torch.Generator().manual_seed(gumbel_seed + 1)
         perm = train_idx[torch.randperm(train_idx.numel(), generator=order_gen).to(device)]
         sums = {"route": 0.0, "spread": 0.0, "len": 0.0, "bpe": 0.0, "total": 0.0}
         if cfg.hamr is not None:
@@ -261,9 +260,7 @@ def train_stage1(
         tokenizer.train()
         gate.train()
         for step in range(steps_per_epoch):
-            lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total_steps))
-            for group in opt.param_groups:
-                group["lr"] = lr
+            loop.set_lr(step)
             idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             batch = x[idx] if dist is None else x[dist.shard(idx)]
             a = forward_all_depths(tokenizer, batch, need_weights=cfg.lambda_spread > 0 or cfg.hamr is not None)
@@ -288,11 +285,7 @@ def train_stage1(
                                           cfg.hamr, item_ids=idx).loss
                 total = total + cfg.hamr.weight * l_hamr
                 sums["hamr"] += float(l_hamr.detach())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if dist is not None:
-                dist.average_gradients(params)
-            opt.step()
+            loop.step(total)
             for name, v in (("route", l_route), ("spread", l_spread), ("len", l_len), ("bpe", l_bpe), ("total", total)):
                 sums[name] += float(v.detach())
         tokenizer.eval()
@@ -300,46 +293,31 @@ def train_stage1(
         full = tokenize_items(tokenizer, x, cfg.eval_batch_size)
         val = reconstruction_error(x[val_idx], _select(full, val_idx)) if val_idx.numel() else \
             reconstruction_error(x, full)
-        improved = val < best_val - 1e-7
-        if improved:
-            best_val, best_epoch, bad_epochs = val, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in _state(tokenizer, gate, "best.").items()}
-        else:
-            bad_epochs += 1
+        loop.observe(val)
         diag = tokenizer.diagnostics(full)
         record = {
-            "epoch": epoch, "lr_end": lr, "margin": margin, "theta": schedules.bpe_threshold(
+            "epoch": epoch, "lr_end": loop.lr, "margin": margin, "theta": schedules.bpe_threshold(
                 t, cfg.bpe.theta_start, cfg.bpe.theta_end), "alpha": schedules.bpe_alpha(t, cfg.bpe.alpha, cfg.bpe.warmup),
             "tau_g": tau_g, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
-            "val_route": val, "best_epoch": best_epoch, "candidates": int(len(cands.pairs)),
+            "val_route": val, "best_epoch": loop.best_epoch, "candidates": int(len(cands.pairs)),
             "mean_length": diag["mean_length"], "collision_rate": diag["collision_rate"],
             "code_utilisation": diag["code_utilisation"], "stop_fractions": diag["stop_fractions"],
         }
-        history.append(record)
         bar.set_postfix(route=f"{record['train_route']:.4f}", spread=f"{record['train_spread']:.3f}",
                         len=f"{record['train_len']:.3f}", bpe=f"{record['train_bpe']:.3f}", val=f"{val:.4f}",
                         L=f"{diag['mean_length']:.2f}")
-        stopped = bad_epochs >= cfg.patience
-        if ckpt is not None and (dist is None or dist.is_writer):
-            opt_tensors, opt_meta = flatten_optimizer(opt)
-            meta = {"config": cfg.to_dict(), "n_items": n, "vectors": x_digest, "epoch": epoch, "history": history,
-                    "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                    "optimizer": opt_meta, "tokenizer_config": c.to_dict(), "init": init_summary}
-            save_checkpoint(ckpt, {**_state(tokenizer, gate, ""), **best_state, **opt_tensors}, meta)
-            write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in history).encode())
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+        loop.end_epoch(record, meta={"init": init_summary})
     bar.close()
 
-    _load_state(tokenizer, gate, best_state, "best.")
+    loop.finish()
     tokenizer.eval()
     gate.eval()
     full = tokenize_items(tokenizer, x, cfg.eval_batch_size)
     final = bpe_candidates(tokenizer, full.sids, item_weights, cfg.bpe, 1.0)
     emb = token_embeddings([m.centres() for m in tokenizer.layers])
     merges = build_merge_table(final, gate, emb, base_vocab_size(c.capsules_per_depth), cfg.bpe.max_merges)
-    return Stage1Result(history, best_epoch, best_val, stopped, merges, final, time.perf_counter() - start_time,
-                        init_summary)
+    return Stage1Result(loop.history, loop.best_epoch, loop.stopping.best, loop.stopped, merges, final,
+                        time.perf_counter() - start_time, init_summary)
 
 
 def _select(out: ck.StackOutput, idx: Tensor) -> ck.StackOutput:

@@ -9,13 +9,14 @@ of `val_users`, or all) and NDCG@10 decides early stopping (`patience` in epochs
 state; the test is run once, by the caller, at that best state. After every epoch an atomic
 checkpoint (safetensors + JSON header: model, best model, optimizer, history) is written; a
 rerun in the same folder resumes after the last finished epoch with the same result as an
-uninterrupted run (shuffling and dropout are seeded from (seed, epoch)).
+uninterrupted run (shuffling and dropout are seeded from (seed, epoch)). The loop is
+capsid_gr.loop.TrainLoop (schedule: capsid_gr.loop.WarmupCosine); this file keeps the fit's
+batches, its validation NDCG@10 and the popularity-correction choice.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -26,9 +27,11 @@ import numpy as np
 import torch
 
 from ..data import Split
-from ..ranking import ranking_metrics
+from ..generator import autocast
 from ..generator.seq import attention_backends, window_tensors
-from .samples import bucketed_batches, training_windows, window_batch
+from ..loop import Checkpointing, EarlyStopping, TrainLoop, WarmupCosine, reseed_global, validation_subset
+from ..ranking import ranking_metrics
+from .samples import batch_count, bucketed_batches, training_windows, window_batch
 from ..checks import check_config, short
 
 
@@ -102,13 +105,13 @@ class FitConfig:
 def learning_rate(cfg: FitConfig, step: int, total: int, elapsed: Optional[float] = None) -> float:
     """Linear warm-up over `warmup_steps`, then a cosine from `lr` to `min_lr * lr` that ends at
     `total` steps or, when `cfg.max_seconds` is set and `elapsed` given, at the time budget,
-    whichever comes first (so a run cut by its budget has decayed, not stopped at the peak)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    if cfg.max_seconds and elapsed is not None:
-        frac = max(frac, min(1.0, elapsed / cfg.max_seconds))
-    return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac)))
+    whichever comes first (capsid_gr.loop.WarmupCosine)."""
+    return schedule(cfg, total)(step, elapsed)
+
+
+def schedule(cfg: FitConfig, total: int) -> WarmupCosine:
+    """The fit's learning rate over `total` steps (FitConfig: lr, warmup_steps, min_lr, max_seconds)."""
+    return WarmupCosine(cfg.lr, total, cfg.warmup_steps, cfg.min_lr, cfg.max_seconds)
 
 
 @dataclass
@@ -120,16 +123,8 @@ class FitResult:
     seconds: float
 
 
-def _autocast(device: torch.device):
-    import contextlib
-
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def validation_users(split: Split, cfg: FitConfig) -> np.ndarray:
-    n = split.valid.target.shape[0]
-    pick = np.random.default_rng(cfg.seed).permutation(n)
-    return np.sort(pick[: cfg.val_users] if cfg.val_users else pick)
+    return validation_subset(split.valid.target.shape[0], cfg.val_users, cfg.seed)
 
 
 def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitConfig = FitConfig(), *,
@@ -137,10 +132,8 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
                    show_progress: bool = True, log: Optional[Callable[[dict], None]] = None) -> FitResult:
     """Train `model` (anything with `loss(items [B, T], targets [B, T]) -> (mean loss, count)`)
     on `split.train`; `recommender.recommend(histories, num_beams, top_k, batch_size)` ranks the
-    validation users. Leaves the best state loaded and the model in eval mode."""
-    from ..checkpoint import (differences, flatten_optimizer, load_checkpoint, require_meta, restore_optimizer,
-                              save_checkpoint, write_atomic)
-
+    validation users. Leaves the best state loaded and the model in eval mode. `log` is called
+    with each epoch's record once its checkpoint is written."""
     start = time.perf_counter()
     device = torch.device(device) if device is not None else torch.device("cpu")
     model.to(device)
@@ -152,98 +145,63 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
-    steps_per_epoch = len(bucketed_batches(windows, cfg.batch_size, cfg.max_history, cfg.length_buckets,
-                                           np.random.default_rng(0), lengths))
-    total = cfg.epochs * steps_per_epoch
+    steps_per_epoch = batch_count(windows, cfg.batch_size, cfg.max_history, cfg.length_buckets, lengths)
     users = validation_users(split, cfg)
     val_hist = [split.valid.history[u, : split.valid.length[u]] for u in users]
     val_target = split.valid.target[users]
 
-    history: list[dict] = []
-    best, best_epoch, first = -1.0, -1, 0
-    best_val: dict = {}
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    ckpt = Path(out_dir) / "fit.safetensors" if out_dir is not None else None
-    key = json.loads(json.dumps({"fit": cfg.identity(), "model": identity or {}}))
-    if ckpt is not None and resume and ckpt.is_file():
-        tensors, meta = load_checkpoint(ckpt)
-        stored = {k: meta.get(k) for k in key}
-        if stored != key:
-            raise ValueError(f"{ckpt}: written with other settings or another model ({differences(stored, key)}); "
-                             "use another output folder or resume=False")
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-        require_meta(ckpt, meta, ("optimizer", "history", "best", "best_epoch", "best_val", "epoch"))
-        restore_optimizer(opt, tensors, meta["optimizer"])
-        history, best, best_epoch, best_val = meta["history"], meta["best"], meta["best_epoch"], meta["best_val"]
-        first = meta["epoch"] + 1
-        start -= history[-1]["seconds"] if history else 0.0
-    stopped_by = "epochs"
-    if history and history[-1].get("stop"):
-        stopped_by, first = history[-1]["stop"], cfg.epochs
+    checkpoint = None
+    if out_dir is not None:
+        checkpoint = Checkpointing(Path(out_dir) / "fit.safetensors", Path(out_dir) / "fit_log.jsonl",
+                                   header={"fit": cfg.identity(), "model": identity or {}}, live_prefix="model.",
+                                   required=("best_val",))
+    loop = TrainLoop(
+        epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, schedule=schedule(cfg, cfg.epochs * steps_per_epoch),
+        stopping=EarlyStopping(cfg.patience, best=-1.0, counts="epochs", keys=("best", "best_epoch", None)),
+        optimizer=opt, params=list(model.parameters()), state=model.state_dict, load_state=model.load_state_dict,
+        device=device, seed=cfg.seed, eval_every=cfg.eval_every, grad_clip=cfg.grad_clip,
+        max_seconds=cfg.max_seconds, clock_resumes=True, record_stop_as="stop", checkpoint=checkpoint,
+        resume=resume, on_epoch_end=log, clock_start=start)
+    meta = loop.begin()
+    best_val: dict = meta["best_val"] if meta is not None else {}
     with attention_backends():  # no cuDNN attention (see attention_backends)
-        for epoch in range(first, cfg.epochs):
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-            rng = np.random.default_rng(cfg.seed * 7_919 + epoch)
+        for epoch in loop.epochs():
+            dropout_seed, order_seed = loop.seeds()
+            reseed_global(dropout_seed)
+            rng = np.random.default_rng(order_seed)
             perm = rng.permutation(len(windows))
             batches = bucketed_batches(windows[perm], cfg.batch_size, cfg.max_history, cfg.length_buckets, rng,
                                        lengths[perm])
             model.train()
-            loss_sum, n_sum = 0.0, 0
+            n_sum = 0
             losses = []
             for i, chosen in enumerate(batches):
-                lr = learning_rate(cfg, epoch * steps_per_epoch + i, total,
-                                   time.perf_counter() - start if cfg.max_seconds else None)
-                for group in opt.param_groups:
-                    group["lr"] = lr
+                loop.set_lr(i)
                 inp, tgt = window_tensors(window_batch(split.train, chosen, cfg.max_history))
-                with _autocast(device):
+                with autocast(device):
                     loss, n = model.loss(torch.as_tensor(inp, device=device), torch.as_tensor(tgt, device=device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
+                loop.step(loss)
                 losses.append(loss.detach() * n)
                 n_sum += n
             loss_sum = float(torch.stack(losses).sum()) if losses else 0.0
-            elapsed = time.perf_counter() - start
-            record = {"epoch": epoch, "lr_end": lr, "train_loss": loss_sum / max(n_sum, 1), "seconds": elapsed}
-            late = cfg.max_seconds is not None and elapsed > cfg.max_seconds
-            if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or late:
+            (elapsed,) = loop.close_steps()
+            record = {"epoch": epoch, "lr_end": loop.lr, "train_loss": loss_sum / max(n_sum, 1), "seconds": elapsed}
+            if loop.validation_due():
                 ranked, _ = recommender.recommend(val_hist, num_beams=cfg.num_beams, top_k=10,
                                                   batch_size=cfg.eval_batch_size)
                 m = ranking_metrics(ranked, val_target, ks=(10,))
                 record.update({f"val_{k}": v for k, v in m.items()})
-                if m["ndcg@10"] > best:
-                    best, best_epoch, best_val = m["ndcg@10"], epoch, m
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if epoch - best_epoch >= cfg.patience and best_epoch >= 0:
-                stopped_by = "patience"
-            if late:
-                stopped_by = "time"
-            record["best_epoch"] = best_epoch
-            if stopped_by != "epochs":
-                record["stop"] = stopped_by
-            history.append(record)
+                if loop.observe(m["ndcg@10"]):
+                    best_val = m
+            record["best_epoch"] = loop.best_epoch
             if show_progress:
                 print(f"[fit] epoch {epoch} loss {record['train_loss']:.4f} "
-                      f"val ndcg@10 {record.get('val_ndcg@10', float('nan')):.4f} best {best:.4f}@{best_epoch} "
-                      f"({elapsed:.0f} s)", flush=True)
-            if log is not None:
-                log(record)
-            if ckpt is not None:
-                opt_t, opt_m = flatten_optimizer(opt)
-                meta = {**key, "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
-                        "best_val": best_val, "optimizer": opt_m}
-                save_checkpoint(ckpt, {**{f"model.{k}": v for k, v in model.state_dict().items()},
-                                       **{f"best.{k}": v for k, v in best_state.items()}, **opt_t}, meta)
-                write_atomic(Path(out_dir) / "fit_log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
-            if stopped_by != "epochs":
-                break
-    model.load_state_dict(best_state)
+                      f"val ndcg@10 {record.get('val_ndcg@10', float('nan')):.4f} "
+                      f"best {loop.stopping.best:.4f}@{loop.best_epoch} ({elapsed:.0f} s)", flush=True)
+            loop.end_epoch(record, meta={"best_val": best_val})
+    loop.finish()
     model.eval()
-    return FitResult(history, best_epoch, best_val, stopped_by, time.perf_counter() - start)
+    return FitResult(loop.history, loop.best_epoch, best_val, loop.stopped_by or "epochs", loop.elapsed())
 
 
 def choose_prior_alpha(recommender, split: Split, cfg: FitConfig) -> tuple[float, dict]:

@@ -71,3 +71,10 @@ def bucketed_batches(order: np.ndarray, batch_size: int, max_history: int, bucke
         run = run[np.argsort(hist_len[lo: lo + span], kind="stable")]
         out += [run[i: i + batch_size] for i in range(0, len(run), batch_size)]
     return [out[i] for i in rng.permutation(len(out))]
+
+
+def batch_count(rows: np.ndarray, batch_size: int, max_history: int, bucket: int,
+                lengths: Optional[np.ndarray] = None) -> int:
+    """How many batches `bucketed_batches` cuts `rows` into: an epoch's optimizer steps, the same
+    for every shuffle."""
+    return len(bucketed_batches(rows, batch_size, max_history, bucket, np.random.default_rng(0), lengths))

@@ -6,14 +6,15 @@ epochs a trie-constrained beam search on the validation queries gives Recall@10,
 decides early stopping and the best state. After every epoch an atomic checkpoint
 (safetensors + JSON header) and the JSON log are written; a rerun in the same folder resumes
 after the last finished epoch with the same result as an uninterrupted run (dropout draws
-from the global generator, reseeded from (seed, epoch) at each epoch start).
+from the global generator, reseeded from (seed, epoch) at each epoch start). The loop itself
+(schedule, early stopping, best state, checkpoints, time budget, distributed reductions) is
+capsid_gr.loop.TrainLoop; this file keeps Stage 2's batches, loss and validation Recall@10.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,9 @@ import torch.nn.functional as F
 from ..data import Split
 from ..generator import (IGNORE, Generator, ItemInputs, ItemTokenization, RoutingAdapter, autocast, embed_batch,
                          make_batch, make_sequence_batch)
-from ..atomic import write_atomic
-from ..checkpoint import flatten_optimizer, load_checkpoint, require_meta, restore_optimizer, save_checkpoint
+from ..loop import Checkpointing, Cosine, EarlyStopping, TrainLoop, reseed_global, validation_subset
 from .config import Stage2Config
-from .samples import bucketed_batches, sample_batch, training_samples, training_windows, window_batch
+from .samples import batch_count, bucketed_batches, sample_batch, training_samples, training_windows, window_batch
 
 CHECKPOINT, LOG = "stage2.safetensors", "stage2_log.jsonl"
 
@@ -118,53 +118,37 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
     if len(samples) == 0:
         raise ValueError("Stage 2: the training split has no (history, next item) pair; every user needs >= 2 "
                          "training interactions somewhere")
-    n_users = split.valid.target.shape[0]
-    pick = np.random.default_rng(cfg.seed).permutation(n_users)
-    val_users = np.sort(pick[: cfg.val_users] if cfg.val_users else pick)
+    val_users = validation_subset(split.valid.target.shape[0], cfg.val_users, cfg.seed)
+
     def row_lengths(rows: np.ndarray) -> Optional[np.ndarray]:
         return np.minimum(rows[:, 1], cfg.max_history + 1) if cfg.sequence_batches else None
 
-    steps_per_epoch = len(bucketed_batches(samples, cfg.batch_size, cfg.max_history, cfg.length_buckets,
-                                           np.random.default_rng(0), row_lengths(samples)))
-    total = cfg.epochs * steps_per_epoch
+    steps_per_epoch = batch_count(samples, cfg.batch_size, cfg.max_history, cfg.length_buckets, row_lengths(samples))
+    checkpoint = None
+    if out_dir is not None:
+        checkpoint = Checkpointing(Path(out_dir) / CHECKPOINT, Path(out_dir) / LOG, header={
+            "config": cfg.identity(), "generator": model.config.to_dict(), "items": items_fingerprint(items)})
+    loop = TrainLoop(
+        epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, schedule=Cosine(cfg.lr, cfg.epochs * steps_per_epoch),
+        stopping=EarlyStopping(cfg.patience, best=-1.0), optimizer=opt, params=params,
+        state=lambda: trainable_state(model, adapter), load_state=lambda t: load_trainable(model, adapter, t),
+        device=device, seed=cfg.seed, eval_every=cfg.eval_every, grad_clip=cfg.grad_clip,
+        max_seconds=cfg.max_seconds, checkpoint=checkpoint, resume=resume, dist=dist, modules=(model, adapter),
+        grad_reduction="sum", on_epoch_end=on_epoch_end, clock_start=start)
+    loop.begin()
 
-    history: list[dict] = []
-    best, best_epoch, bad, first = -1.0, -1, 0, 0
-    best_state = {k: v.detach().clone() for k, v in trainable_state(model, adapter).items()}
-    ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
-    meta_key = {"config": cfg.identity(), "generator": model.config.to_dict(), "items": items_fingerprint(items)}
-    if ckpt is not None and resume and ckpt.is_file():
-        tensors, meta = load_checkpoint(ckpt)
-        if {k: meta.get(k) for k in meta_key} != json.loads(json.dumps(meta_key)):
-            raise ValueError(f"{ckpt}: written with other settings, generator or item tokenization; use another "
-                             "output folder or resume=False")
-        load_trainable(model, adapter, tensors)
-        best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-        require_meta(ckpt, meta, ("optimizer", "history", "best", "best_epoch", "bad", "epoch"))
-        restore_optimizer(opt, tensors, meta["optimizer"])
-        history, best, best_epoch, bad = meta["history"], meta["best"], meta["best_epoch"], meta["bad"]
-        first = meta["epoch"] + 1
-    if dist is not None:
-        dist.broadcast_modules(model, adapter)
-
-    stopped = bad >= cfg.patience
-    bar = tqdm(range(first, cfg.epochs), desc="stage 2", unit="epoch", disable=not show_progress or stopped)
+    bar = tqdm(loop.epochs(), total=loop.epochs_left, desc="stage 2", unit="epoch",
+               disable=not show_progress or loop.stopped)
     for epoch in bar:
-        if stopped:
-            break
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        if dist is not None:
-            dist.reseed(cfg.seed * 1_000_003 + epoch)
-        order = samples[torch.randperm(len(samples), generator=torch.Generator().manual_seed(
-            cfg.seed * 7_919 + epoch)).numpy()]
+        dropout_seed, order_seed = loop.seeds()
+        reseed_global(dropout_seed, dist)
+        order = samples[torch.randperm(len(samples), generator=torch.Generator().manual_seed(order_seed)).numpy()]
         batches = bucketed_batches(order, cfg.batch_size, cfg.max_history, cfg.length_buckets,
-                                   np.random.default_rng(cfg.seed * 7_919 + epoch), row_lengths(order))
+                                   np.random.default_rng(order_seed), row_lengths(order))
         model.train()
         loss_sum, tok_sum = 0.0, 0
         for step, chosen in enumerate(batches):
-            lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total))
-            for group in opt.param_groups:
-                group["lr"] = lr
+            loop.set_lr(step)
             mine = chosen if dist is None else dist.shard(chosen)
             if cfg.sequence_batches:
                 b = make_sequence_batch(path_matrix, window_batch(split.train, mine, cfg.max_history)).to(device)
@@ -176,53 +160,30 @@ def train_stage2(model: Generator, items: ItemTokenization, split: Split, popula
             lab = b.labels[:, b.prefix_len - 1:]
             loss = F.cross_entropy(logits[:, b.prefix_len - 1:].float().reshape(-1, logits.shape[-1]),
                                    lab.reshape(-1), ignore_index=IGNORE)
-            opt.zero_grad(set_to_none=True)
             if dist is None:
-                loss.backward()
-            else:
+                loop.step(loss)
+            else:  # summed over ranks with each rank's token share as weight: one process's gradient
                 share = dist.local_weight(int((lab != IGNORE).sum()))  # 0 for an empty slice, whose loss is NaN
-                (loss * share if share else logits.sum() * 0.0).backward()
-                dist.sum_gradients(params)
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+                loop.step(loss * share if share else logits.sum() * 0.0)
             n_tok = int((lab != IGNORE).sum())
             loss_sum += float(loss.detach()) * n_tok if n_tok else 0.0
             tok_sum += n_tok
-        elapsed = time.perf_counter() - start
-        late = float(cfg.max_seconds is not None and elapsed > cfg.max_seconds)
-        if dist is not None:  # one decision for all ranks: any rank out of time stops them all
-            loss_sum, tok_sum, late = dist.sum_floats(loss_sum, tok_sum, late)
-        record = {"epoch": epoch, "lr_end": lr, "train_loss": loss_sum / max(tok_sum, 1), "seconds": elapsed}
-        out_of_time = late > 0
-        if out_of_time:
+        elapsed, loss_sum, tok_sum = loop.close_steps(loss_sum, tok_sum)  # one decision: any rank late stops all
+        record = {"epoch": epoch, "lr_end": loop.lr, "train_loss": loss_sum / max(tok_sum, 1), "seconds": elapsed}
+        if loop.late:
             record["stopped_by"] = "time"
-        if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1 or out_of_time:
+        if loop.validation_due():
             val = validation_recall(validation, rec, split, val_users, cfg, dist)
             record["val_recall@10"] = val
-            if val > best:
-                best, best_epoch, bad = val, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in trainable_state(model, adapter).items()}
-            else:
-                bad += 1
-            stopped = bad >= cfg.patience
-        stopped = stopped or out_of_time
+            loop.observe(val)
         if adapter is not None:
             record["gate_bias"] = float(adapter.gate_bias.detach())
-        record["best_epoch"] = best_epoch
-        history.append(record)
+        record["best_epoch"] = loop.best_epoch
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record.get('val_recall@10', float('nan')):.4f}",
-                        best=f"{best:.4f}")
-        if ckpt is not None and (dist is None or dist.is_writer):
-            opt_t, opt_m = flatten_optimizer(opt)
-            meta = {**meta_key, "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
-                    "bad": bad, "optimizer": opt_m}
-            save_checkpoint(ckpt, {**trainable_state(model, adapter), **{f"best.{k}": v for k, v in best_state.items()},
-                                   **opt_t}, meta)
-            write_atomic(Path(out_dir) / LOG, "".join(json.dumps(r) + "\n" for r in history).encode())
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+                        best=f"{loop.stopping.best:.4f}")
+        loop.end_epoch(record)
     bar.close()
-    load_trainable(model, adapter, best_state)
+    loop.finish()
     model.eval()
-    return Stage2Result(model, inputs, rec, history, best_epoch, best, stopped, time.perf_counter() - start)
+    return Stage2Result(model, inputs, rec, loop.history, loop.best_epoch, loop.stopping.best, loop.stopped,
+                        time.perf_counter() - start)
