@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -94,7 +94,12 @@ class CapsIDTokenizer(nn.Module):
             for k in config.capsules_per_depth
         )
 
-    def tokenize(self, x: Tensor, *, need_weights: bool = False) -> StackOutput:
+    def tokenize(self, x: Tensor, *, need_weights: bool = False, batch_size: Optional[int] = None,
+                 progress: Optional[Callable[[int], None]] = None, outputs: Union[None, str, Iterable[str]] = None,
+                 out_device=None, device=None, int_dtype: Optional[torch.dtype] = None) -> StackOutput:
+        """``capsid_kernels.tokenize`` through these layers with ``config.routing`` and ``config.execution``;
+        ``batch_size``, ``progress``, ``outputs``, ``out_device``, ``device`` and ``int_dtype`` as there.
+        ``execution.check_inputs`` also rejects NaN/Inf in the layers' weights (one synchronisation)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x: expected a torch.Tensor [N, d={self.config.d}], got {type(x).__name__}")
         if not x.dtype.is_floating_point:
@@ -106,7 +111,8 @@ class CapsIDTokenizer(nn.Module):
             check_finite(**{f"layers[{i}].{n}": getattr(m, n) for i, m in enumerate(self.layers) for n in "WbD"})
         return tokenize(
             x.to(self.layers[0].W.dtype), [(m.W, m.b, m.D) for m in self.layers], self.config.routing,
-            need_weights=need_weights, execution=ex,
+            need_weights=need_weights, execution=ex, batch_size=batch_size, progress=progress, outputs=outputs,
+            out_device=out_device, device=device, int_dtype=int_dtype,
         )
 
     forward = tokenize

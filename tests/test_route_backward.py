@@ -19,9 +19,8 @@ import sys
 import pytest
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from conftest import make_layer, poison_cuda_cache, unit_rows  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import child_env, make_layer, poison_cuda_cache, run_under_interpreter, unit_rows  # noqa: E402
 
 OUTPUTS = ("confidence", "residual", "recon", "weights", "onorm")
 INPUTS = ("r", "W", "b", "D")
@@ -178,13 +177,7 @@ def _interpret_main() -> None:
 
 
 def test_route_backward_under_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, os.path.abspath(__file__), "--interpret"], env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-4000:]
-    report = json.loads(res.stdout.strip().splitlines()[-1])
+    report = run_under_interpreter(__file__, timeout=900, OMP_NUM_THREADS="1")
     assert not report["failures"], "\n".join(report["failures"])
     assert len(report["results"]) == 12 + 10 + 3 + 1 + 1 + 1 + 2, [r[0] for r in report["results"]]
 
@@ -194,8 +187,7 @@ def test_training_ops_registered_without_cuda():
     code = ("import sys, torch, capsid_kernels.ops.route as m; "
             "assert not torch.cuda.is_initialized(); "
             "assert hasattr(torch.ops.capsid, 'route_triton_train') and hasattr(torch.ops.capsid, 'route_triton_backward')")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
 
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from conftest import make_layer, poison_cuda_cache, unit_rows  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import make_layer, poison_cuda_cache, run_under_interpreter, triton_tokenize, unit_rows  # noqa: E402
 
 TOKEN_AGREEMENT = {"fp32": 0.999, "tf32": 0.995, "bf16": 0.99}
 NEAR_TIE = 1e-3
@@ -81,7 +79,6 @@ def _interpret_main() -> None:
     from capsid_kernels.reference import tokenize_stack
     from capsid_kernels.reference.routing import RouteOutput
     from capsid_kernels.triton.route_fwd import route_forward
-    from capsid_kernels.triton.stack import tokenize_stack_triton
 
     results, failures = [], []
     ns = itertools.cycle((1, 37, 130))
@@ -106,7 +103,7 @@ def _interpret_main() -> None:
         x = unit_rows(130, 24, dtype=torch.float32, seed=7) * 3.0
         routing = RoutingParams(rounds=2, mode=mode, eta=0.9, tau=0.3, eps=0.6)
         ref = tokenize_stack(x, layers, routing, need_weights=True)
-        got = tokenize_stack_triton(x, layers, routing, need_weights=True, chunk=50)  # 130 = 50 + 50 + 30
+        got = triton_tokenize(x, layers, routing, need_weights=True, chunk=50)  # 130 = 50 + 50 + 30
         case = f"stack {mode}"
         try:
             assert torch.equal(got.sids, ref.sids), "sids differ"
@@ -126,13 +123,7 @@ def _interpret_main() -> None:
 
 
 def test_triton_kernels_under_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, os.path.abspath(__file__), "--interpret"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    report = json.loads(res.stdout.strip().splitlines()[-1])
+    report = run_under_interpreter(__file__)
     assert not report["failures"], "\n".join(report["failures"])
     assert len(report["results"]) == 26
     reasons = set().union(*(set(r[2]) for r in report["results"]))

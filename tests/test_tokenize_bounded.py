@@ -11,18 +11,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from conftest import make_layer, unit_rows  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import make_layer, run_under_interpreter, triton_tokenize, unit_rows  # noqa: E402
 
 import capsid_kernels as ck  # noqa: E402
-from capsid_kernels.reference.stack import STACK_OUTPUTS, item_chunks  # noqa: E402
+from capsid_kernels.ops.stack_chunks import item_chunks  # noqa: E402
+from capsid_kernels.reference.stack import STACK_OUTPUTS  # noqa: E402
 
 ROW_OUTPUTS = STACK_OUTPUTS[:5]
 
@@ -155,8 +154,6 @@ def test_item_chunks_check_names_the_item_after_the_last_chunk():
 def _interpret_main() -> None:
     """Child process: the Triton stack with each results layout against its default; one JSON line."""
     from capsid_kernels import RoutingParams
-    from capsid_kernels.reference.stack import StackResults
-    from capsid_kernels.triton.stack import tokenize_stack_triton
 
     failures, cases = [], 0
     g = torch.Generator().manual_seed(int(os.environ.get("BOUNDED_SEED", "0")))
@@ -168,17 +165,15 @@ def _interpret_main() -> None:
         x = unit_rows(n, 24, dtype=dtype, seed=int(torch.randint(1 << 30, (1,), generator=g))) * 3.0
         routing = RoutingParams(rounds=2, mode=mode, eta=0.9, tau=0.3, eps=0.6)
         # need_weights picks another kernel variant: each layout is compared with the default of its own
-        refs = {w: (tokenize_stack_triton(x, layers, routing, need_weights=w, chunk=50),
-                    tokenize_stack_triton(x, layers, routing, need_weights=w)) for w in (False, True)}
+        refs = {w: (triton_tokenize(x, layers, routing, need_weights=w, chunk=50),
+                    triton_tokenize(x, layers, routing, need_weights=w)) for w in (False, True)}
         layouts = [(STACK_OUTPUTS, torch.int64), (("sids", "lengths", "stop_reason"), torch.int16),
                    (("recon", "residual"), torch.int64), (("depths",), torch.int64), ((), torch.int64)]
         for keep, ints in layouts:
             for chunk in (50, None):
                 cases += 1
-                results = StackResults(n, 24, len(layers), device="cpu", float_dtype=torch.float32, keep=keep,
-                                       out_device="cpu", int_dtype=ints)
-                got = tokenize_stack_triton(x, layers, routing, need_weights="depths" in keep, chunk=chunk,
-                                            results=results)
+                got = triton_tokenize(x, layers, routing, need_weights="depths" in keep, chunk=chunk, keep=keep,
+                                      int_dtype=ints)
                 try:
                     ref, whole = refs["depths" in keep]
                     assert_same(got, ref if chunk else whole, keep)
@@ -188,13 +183,7 @@ def _interpret_main() -> None:
 
 
 def test_triton_stack_bounded_under_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, os.path.abspath(__file__), "--interpret"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    report = json.loads(res.stdout.strip().splitlines()[-1])
+    report = run_under_interpreter(__file__)
     assert not report["failures"], "\n".join(report["failures"])
     assert report["cases"] == 20
 

@@ -1,10 +1,11 @@
 """The tokenizer stack on a chosen backend.
 
-The reference stack with the public ``route`` serves every backend and autograd; on the
-Triton backend a forward-only call (no gradient needed) runs ``triton.stack`` instead, which
-compacts on the GPU and writes the catalogue-wide outputs in place. Both fill their results
-through ``reference.stack.StackResults``, so ``outputs=``, ``out_device=``, ``device=`` and
-``int_dtype=`` mean the same on every backend.
+One stack per backend, behind one chunk loop (``stack_chunks.run_stack``): the eager stack
+(``reference.stack.route_stack``) with every depth on the public ``route`` serves every backend
+and autograd; on the Triton backend a forward-only call (no gradient needed) runs
+``triton.stack.TritonStack`` instead, which compacts on the GPU and writes the catalogue-wide
+outputs in place. Both fill their results through ``stack_chunks.StackResults``, so ``outputs=``,
+``out_device=``, ``device=`` and ``int_dtype=`` mean the same on every backend.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import torch
 from torch import Tensor
 
 from ..config import ExecutionOptions, RoutingParams, execution_options, routing_params
-from ..reference import StackOutput, check_item_vectors, compute_dtype, tokenize_stack
-from ..reference.stack import STACK_OUTPUTS, StackResults, concat_outputs, item_chunks
+from ..reference import StackOutput, check_item_vectors, compute_dtype
+from ..reference.stack import STACK_OUTPUTS, RouteFn, route_stack
 from ..registry import limit_reasons, select
 from .route import route
+from .stack_chunks import StackResults, run_stack
 from .._validate import short
 
 INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
@@ -83,7 +85,6 @@ def tokenize(
     if out_dev != compute and out_dev.type != "cpu":
         raise ValueError(f"out_device: expected None, 'cpu' or the compute device {compute}, got {short(out_device)}")
     ints = _int_dtype_arg(int_dtype, layers)
-    bounded = not (outputs is None and out_device is None and device is None and int_dtype is None)
     if device is not None:
         layers = [tuple(t.to(compute) for t in layer) for layer in layers]
     on_device = x.device == compute
@@ -93,41 +94,33 @@ def tokenize(
         check_item_vectors(x if on_device else x[:0])
     elif x.dim() != 2:
         raise ValueError(f"x: expected a 2-D tensor [N, d], got shape {tuple(x.shape)}")
-    check_rows = ex.check_inputs and not on_device
     n, d, l_max = x.shape[0], x.shape[1], len(layers)
     if _fast_stack(x, layers, routing.rounds, ex.backend, compute):
-        from ..triton.stack import tokenize_stack_triton  # imports Triton on first use only
+        from ..triton.stack import DEFAULT_CHUNK, TritonStack  # imports Triton on first use only
 
-        results = StackResults(n, d, l_max, device=compute, float_dtype=torch.float32, keep=keep,
-                               out_device=out_dev, int_dtype=ints)
-        return tokenize_stack_triton(
-            x, layers, routing, need_weights=need_weights, tf32=ex.precision == "tf32", chunk=batch_size,
-            progress=progress, results=results, check_rows=check_rows,
-        )
-    route_fn = functools.partial(route, execution=ex, check_finite=False)  # items checked above, once
-    step = batch_size or max(1, n)
-    if not bounded:
-        parts = []
-        for start in range(0, max(1, n), step):
-            chunk = x[start:start + step]
-            parts.append(tokenize_stack(
-                chunk, layers, routing, need_weights=need_weights, route_fn=route_fn, check_inputs=False,
-            ))
-            if progress is not None:
-                progress(chunk.shape[0])
-        return concat_outputs(parts)
-    if l_max == 0:
-        raise ValueError("layers: expected at least one depth of (W, b, D), got none")
-    results = StackResults(n, d, l_max, device=compute, float_dtype=compute_dtype(x.dtype), keep=keep,
-                           out_device=out_dev, int_dtype=ints)
-    for start, chunk in item_chunks(x, step, compute, check=check_rows):
-        out = tokenize_stack(chunk, layers, routing, need_weights=need_weights, route_fn=route_fn, check_inputs=False)
-        results.commit(start, chunk.shape[0], out._asdict())
+        stack = TritonStack(layers, routing, need_weights=need_weights, tf32=ex.precision == "tf32")
+        step, floats = batch_size or DEFAULT_CHUNK, torch.float32
+    else:
+        route_fn = functools.partial(route, execution=ex, check_finite=False)  # items checked above, once
+        stack = EagerStack(layers, routing, need_weights=need_weights, route_fn=route_fn)
+        step, floats = batch_size or max(1, n), compute_dtype(x.dtype)
+    results = StackResults(n, d, l_max, device=compute, float_dtype=floats, keep=keep, out_device=out_dev,
+                           int_dtype=ints)
+    return run_stack(x, stack, results, step, check=ex.check_inputs and not on_device, progress=progress)
+
+
+class EagerStack:
+    """The eager stack of one chunk (``stack_chunks.ChunkStack``): ``reference.stack.route_stack``
+    with every depth on ``route_fn`` (the public ``route`` on the chosen backend), differentiable."""
+
+    def __init__(self, layers: Sequence[tuple[Tensor, Tensor, Tensor]], routing: RoutingParams, *,
+                 need_weights: bool, route_fn: RouteFn) -> None:
+        self.layers, self.routing, self.need_weights, self.route_fn = layers, routing, need_weights, route_fn
+
+    def __call__(self, r0: Tensor, results: StackResults, start: int) -> None:
+        out = route_stack(r0, self.layers, self.routing, need_weights=self.need_weights, route_fn=self.route_fn)
+        results.commit(start, r0.shape[0], out._asdict())
         results.add_depths(start, out.depths)
-        if progress is not None:
-            progress(chunk.shape[0])
-        del out, chunk
-    return results.output()
 
 
 def _outputs_arg(outputs, need_weights: bool) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from .stack import (
     StackOutput,
     check_item_vectors,
     normalise,
+    route_stack,
     stack_diagnostics,
     tokenize_stack,
 )
@@ -28,5 +29,5 @@ __all__ = [
     "RouteOutput", "DepthOutput", "StackOutput",
     "codebook_centres", "compute_dtype", "check_item_vectors", "normalise",
     "route_reference", "route_votes", "squash", "squash_backward", "stop_reasons",
-    "stack_diagnostics", "tokenize_stack",
+    "route_stack", "stack_diagnostics", "tokenize_stack",
 ]

@@ -1,14 +1,15 @@
 """The tokenizer stack of SPEC §3: normalise, route depth by depth, stop, compact.
 
-Written once and shared by every backend: the per-depth layer is passed in as
-``route_fn`` (the eager reference, or the public op bound to a fast backend), so the
-stop rules, compaction and bookkeeping exist in one place only.
+The eager stack, written once: the per-depth layer is passed in as ``route_fn`` (the eager
+reference, or the public ``route`` bound to a backend), so the stop rules, compaction and
+bookkeeping of every backend but Triton's (``triton/stack.py``, which compacts on the GPU) live
+here. ``tokenize_stack`` is the executable SPEC: check, normalise, ``route_stack``. How a catalogue
+is cut into chunks and where the results go is execution, in ``ops/stack_chunks.py``.
 """
 
 from __future__ import annotations
 
-import collections
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -44,6 +45,9 @@ class StackOutput(NamedTuple):
     recon: Tensor
     residual: Tensor
     depths: tuple[DepthOutput, ...]
+
+
+STACK_OUTPUTS = StackOutput._fields  # the outputs tokenize(outputs=) may keep
 
 
 def check_item_vectors(x: Tensor, name: str = "x") -> None:
@@ -94,25 +98,39 @@ def tokenize_stack(
     """Tokenize N item vectors with ``len(layers)`` = L_max depths of (W, b, D).
 
     ``routing`` is passed whole to ``route_fn(r, W, b, D, routing, last=..., ...)`` at every depth;
-    keywords may replace its fields, as in ``route``.
-    Items that stop leave the batch (compaction); every depth's outputs are scattered
-    back to item order. Differentiable in x and every depth's parameters.
+    keywords may replace its fields, as in ``route``. ``check_inputs`` rejects zero and non-finite
+    rows (``check_item_vectors``); the rows are then normalised and routed by ``route_stack``.
+    Differentiable in x and every depth's parameters.
     """
     routing = routing_params(routing, routing_keywords)
     if check_inputs:
         check_item_vectors(x)
+    return route_stack(normalise(x), layers, routing, need_weights=need_weights, route_fn=route_fn)
+
+
+def route_stack(
+    r: Tensor,
+    layers: Sequence[tuple[Tensor, Tensor, Tensor]],
+    routing: RoutingParams,
+    *,
+    need_weights: bool = False,
+    route_fn: RouteFn = route_reference,
+) -> StackOutput:
+    """The stack from unit item vectors r_0 [N, d] (``normalise(x)``): depth by depth, ``route_fn``
+    routes the items still going, the stopped ones leave the batch (compaction), and every depth's
+    outputs are scattered back to item order. Differentiable in r and every depth's parameters.
+    """
     if len(layers) == 0:
         raise ValueError("layers: expected at least one depth of (W, b, D), got none")
-    n, device = x.shape[0], x.device
-    cd = compute_dtype(x.dtype)
+    n, d, device = r.shape[0], r.shape[1], r.device
+    cd = compute_dtype(r.dtype)
     l_max = len(layers)
-    r = normalise(x)
 
     sids = torch.full((n, l_max), PAD_TOKEN, dtype=torch.int64, device=device)
     lengths = torch.zeros(n, dtype=torch.int64, device=device)
     reasons = torch.zeros(n, dtype=torch.int64, device=device)
-    recon = torch.zeros(n, x.shape[1], dtype=cd, device=device)
-    residual = torch.zeros(n, x.shape[1], dtype=cd, device=device)
+    recon = torch.zeros(n, d, dtype=cd, device=device)
+    residual = torch.zeros(n, d, dtype=cd, device=device)
 
     active = torch.arange(n, device=device)
     depths = []
@@ -176,206 +194,3 @@ def stack_diagnostics(out: StackOutput, capsules: Sequence[int]) -> dict:
         "code_utilisation": used_codes / total_codes if total_codes else float("nan"),
         "depths": per_depth,
     }
-
-
-def concat_outputs(parts: Sequence[StackOutput]) -> StackOutput:
-    """Join the outputs of consecutive item chunks into one, as if tokenized in one call."""
-    if len(parts) == 1:
-        return parts[0]
-    offsets, total = [], 0
-    for p in parts:
-        offsets.append(total)
-        total += p.lengths.shape[0]
-    depths = []
-    for depth in range(max(len(p.depths) for p in parts)):
-        recs = [(off, p.depths[depth]) for off, p in zip(offsets, parts) if depth < len(p.depths)]
-        fields = []
-        for name in DepthOutput._fields:
-            vals = [getattr(rec, name) for _, rec in recs]
-            if name == "index":
-                vals = [v + off for (off, _), v in zip(recs, vals)]
-            fields.append(None if vals[0] is None else torch.cat(vals))
-        depths.append(DepthOutput(*fields))
-    cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
-    return StackOutput(cat("sids"), cat("lengths"), cat("stop_reason"), cat("recon"), cat("residual"), tuple(depths))
-
-
-# ----------------------------------------------------------------------------- chunked results
-# Execution bookkeeping beside concat_outputs (no math): every backend's chunk loop writes through it.
-
-STACK_OUTPUTS = ("sids", "lengths", "stop_reason", "recon", "residual", "depths")
-_ROW_OUTPUTS = STACK_OUTPUTS[:5]  # one row per item
-_IN_FLIGHT = 2  # chunks whose side-stream copies may be queued: bounds the device memory they hold
-
-
-class StackResults:
-    """The catalogue-wide results of a chunked tokenize, allocated once and filled chunk by chunk.
-
-    Only the outputs named in ``keep`` (from ``STACK_OUTPUTS``) are allocated, on ``out_device``
-    (default: ``device``, where the chunks are computed). The integer outputs (sids, lengths,
-    stop_reason) are kept as ``int_dtype``, the float ones as ``float_dtype``. With chunks on a GPU
-    and ``out_device`` the CPU, results live in pinned host memory and each chunk's outputs are copied
-    there on a side stream while the next chunk computes; ``output()`` waits for those copies.
-
-    A producer asks ``chunk(start, m)`` for write targets (views into the results where it can
-    write in place, else chunk-sized buffers), hands the chunk's tensors to ``commit`` and its
-    per-depth records (``index`` local to the chunk) to ``add_depths``.
-    """
-
-    def __init__(self, n: int, d: int, l_max: int, *, device, float_dtype: torch.dtype,
-                 keep: Sequence[str] = STACK_OUTPUTS, out_device=None, int_dtype: torch.dtype = torch.int64) -> None:
-        self.device = torch.device(device)
-        self.out_device = self.device if out_device is None else torch.device(out_device)
-        self.keep = frozenset(keep)
-        self.resident = self.out_device == self.device
-        self.n, self.d, self.l_max = n, d, l_max
-        self.float_dtype, self.int_dtype = float_dtype, int_dtype
-        to_host = self.device.type == "cuda" and self.out_device.type == "cpu"
-        self._stream = torch.cuda.Stream(self.device) if to_host else None
-        self._pending: collections.deque = collections.deque()
-        self._views: dict = {}
-        self._depths: list[list[DepthOutput]] = [[] for _ in range(l_max)]
-        self.results: dict[str, Tensor] = {}
-        for name in _ROW_OUTPUTS:
-            if name not in self.keep:
-                continue
-            shape, dtype, fill = self._layout(name, n, stack_dtype=False)
-            if not self.resident:  # every row is copied in from a chunk: no fill needed
-                self.results[name] = torch.empty(shape, dtype=dtype, pin_memory=to_host)
-            elif fill is None:
-                self.results[name] = torch.empty(shape, dtype=dtype, device=self.device)
-            else:
-                self.results[name] = torch.full(shape, fill, dtype=dtype, device=self.device)
-
-    def keeps(self, name: str) -> bool:
-        return name in self.keep
-
-    def _layout(self, name: str, m: int, stack_dtype: bool) -> tuple:
-        """(shape, dtype, initial value) of one output for m rows; the stack writes int64."""
-        ints = torch.int64 if stack_dtype else self.int_dtype
-        return {"sids": ((m, self.l_max), ints, PAD_TOKEN), "lengths": ((m,), ints, 0), "stop_reason": ((m,), ints, 0),
-                "recon": ((m, self.d), self.float_dtype, 0), "residual": ((m, self.d), self.float_dtype, None)}[name]
-
-    def chunk(self, start: int, m: int) -> dict:
-        """Write targets for rows [start, start + m) as the stack writes them: sids int64 [m, L_max]
-        filled with PAD_TOKEN, lengths and stop_reason int64 [m] zeros, recon [m, d] zeros, on ``device``;
-        residual a view into the results, or None (the producer then commits its own tensor)."""
-        targets = {}
-        for name in _ROW_OUTPUTS:
-            shape, dtype, fill = self._layout(name, m, stack_dtype=True)
-            res = self.results.get(name)
-            if res is not None and self.resident and res.dtype == dtype:
-                targets[name] = res[start:start + m]
-            elif name == "residual":
-                targets[name] = None
-            else:
-                targets[name] = torch.full(shape, fill, dtype=dtype, device=self.device)
-        self._views = {name: t for name, t in targets.items() if name in self.results and t is not None
-                       and self.resident and t.dtype == self.results[name].dtype}
-        return targets
-
-    def commit(self, start: int, m: int, tensors: dict) -> None:
-        """Move the kept outputs of rows [start, start + m) into the results (a target that is
-        already a view into them is left alone)."""
-        moves = []
-        for name in _ROW_OUTPUTS:
-            if name not in self.keep or tensors[name] is self._views.get(name):
-                continue
-            dst = self.results[name][start:start + m]
-            if self._stream is None:
-                dst.copy_(tensors[name])
-            else:  # narrowed on the device, so fewer bytes cross the bus
-                moves.append((dst, tensors[name].to(dst.dtype)))
-        self._views = {}
-        self._to_host(moves)
-
-    def add_depths(self, start: int, records: Sequence[DepthOutput]) -> None:
-        """Keep one chunk's per-depth records (``index`` local to the chunk, offset here by ``start``)."""
-        if "depths" not in self.keep:
-            return
-        moves = []
-        for depth, rec in enumerate(records):
-            rec = rec._replace(index=rec.index + start)
-            if self._stream is not None:
-                host = DepthOutput(*(None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                                     for t in rec))
-                moves += [(h, t) for h, t in zip(host, rec) if t is not None]
-                rec = host
-            self._depths[depth].append(rec)
-        self._to_host(moves)
-
-    def _to_host(self, moves: list) -> None:
-        """Copy (host destination, device source) pairs on the side stream once the compute stream
-        has produced the sources; the sources' memory is not reused before the copies finish."""
-        if not moves:
-            return
-        self._stream.wait_event(torch.cuda.current_stream(self.device).record_event())
-        with torch.cuda.stream(self._stream):
-            for dst, src in moves:
-                dst.copy_(src, non_blocking=True)
-                src.record_stream(self._stream)
-        self._pending.append(self._stream.record_event())
-        while len(self._pending) > _IN_FLIGHT:  # the host stays at most this many chunks ahead of the copies
-            self._pending.popleft().synchronize()
-
-    def output(self) -> StackOutput:
-        """The results (outputs not kept: None; depths not kept: ()), host copies complete."""
-        if self._stream is not None:
-            self._stream.synchronize()
-            self._pending.clear()
-        depths = []
-        for recs in self._depths:
-            if not recs:
-                break
-            depths.append(recs[0] if len(recs) == 1 else DepthOutput(*(
-                None if getattr(recs[0], f) is None else torch.cat([getattr(r, f) for r in recs])
-                for f in DepthOutput._fields)))
-        get = self.results.get
-        return StackOutput(get("sids"), get("lengths"), get("stop_reason"), get("recon"), get("residual"), tuple(depths))
-
-
-def item_chunks(x: Tensor, step: int, device, *, check: bool = False) -> Iterator[tuple[int, Tensor]]:
-    """(start, rows [start, start + step) of x on ``device``), in order; one empty chunk when x has no rows.
-
-    From host memory to a GPU the next chunk is copied on a side stream while the current one
-    computes (asynchronously when x is pinned). ``check``: each chunk's rows are checked on the
-    device as ``check_item_vectors`` does, and the first offender is named (one synchronisation,
-    after the last chunk) -- the check for an x that lives off the device.
-    """
-    device = torch.device(device)
-    n = x.shape[0]
-    starts = list(range(0, max(1, n), step))
-    bad = torch.zeros((), dtype=torch.int64, device=device) if check else None
-    side = x.device.type == "cpu" and device.type == "cuda"
-    stream = torch.cuda.Stream(device) if side else None
-    compute = torch.cuda.current_stream(device) if side else None
-
-    def fetch(start: int):
-        if not side:
-            return x[start:start + step].to(device), None
-        with torch.cuda.stream(stream):
-            rows = x[start:start + step].to(device, non_blocking=True)
-            return rows, stream.record_event()
-
-    pending: collections.deque = collections.deque()
-    nxt = fetch(starts[0])
-    for i, start in enumerate(starts):
-        (rows, ready), nxt = nxt, None
-        more = i + 1 < len(starts)
-        if side:
-            compute.wait_event(ready)
-            rows.record_stream(compute)
-            if more:
-                nxt = fetch(starts[i + 1])  # queued before this chunk's work: the copy overlaps it
-        if check and rows.shape[0]:
-            bad += (~torch.isfinite(rows).all(dim=1) | (rows == 0).all(dim=1)).sum()
-        yield start, rows
-        del rows
-        if side:
-            pending.append(compute.record_event())
-            while len(pending) > _IN_FLIGHT:  # bounds the prefetched chunks the allocator holds
-                pending.popleft().synchronize()
-        elif more:
-            nxt = fetch(starts[i + 1])
-    if check and int(bad):
-        check_item_vectors(x)  # raises, naming the first offender in x

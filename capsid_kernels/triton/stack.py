@@ -1,6 +1,7 @@
 """The tokenizer stack (SPEC §3) on the Triton backend: compaction on the GPU, one sync per chunk.
 
-Items are processed in chunks of ``chunk`` rows (bounded memory: per chunk a residual buffer
+``TritonStack`` routes one chunk of items (``ops.stack_chunks.run_stack`` cuts x into chunks of
+``DEFAULT_CHUNK`` rows unless told otherwise; bounded memory: per chunk a residual buffer
 [chunk, d], two index lists and the per-depth records, plus [chunk, K] per depth when c* is
 asked for). Within a chunk the active rows are an index list ``idx[0:count]`` whose count
 lives on the device: each depth launches the fused kernel over the whole chunk's tile count,
@@ -8,7 +9,7 @@ tiles past ``count`` exit at once, and the next list is built by a prefix sum an
 The host learns the per-depth counts once per chunk, at its end, to cut the per-depth records
 (``DepthOutput``) to size; that is the only synchronisation, and a call that does not keep the
 records has none. The catalogue-wide outputs (SIDs, lengths, stop reasons, x̂, final residual)
-go through ``reference.stack.StackResults``: allocated once, only those asked for, written in
+go through ``ops.stack_chunks.StackResults``: allocated once, only those asked for, written in
 place on the device or copied chunk by chunk into pinned host memory.
 
 Forward only: ``ops.tokenize`` uses this path when no gradient is needed. One difference from
@@ -18,15 +19,18 @@ to bfloat16 (the value the stop rule uses in both), where the reference stack ta
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 
 from ..config import RoutingParams
 from ..reference.routing import CONTINUE
-from ..reference.stack import DepthOutput, StackOutput, StackResults, item_chunks, normalise
+from ..reference.stack import DepthOutput
 from .route_fwd import pack_layer, route_stack_depth, tile_config
+
+if TYPE_CHECKING:
+    from ..ops.stack_chunks import StackResults
 
 DEFAULT_CHUNK = 1 << 21
 
@@ -45,57 +49,44 @@ def _records(m: int, k: int, need_weights: bool, device) -> dict:
     }
 
 
-@torch.no_grad()
-def tokenize_stack_triton(
-    x: Tensor,
-    layers: Sequence[tuple[Tensor, Tensor, Tensor]],
-    routing: RoutingParams,
-    *,
-    need_weights: bool = False,
-    tf32: bool = False,
-    chunk: Optional[int] = None,
-    progress: Optional[Callable[[int], None]] = None,
-    results: Optional[StackResults] = None,
-    check_rows: bool = False,
-) -> StackOutput:
-    """Same outputs as ``reference.tokenize_stack`` (x already checked; float32 or bfloat16 on CUDA).
+class TritonStack:
+    """The Triton stack of one chunk (``ops.stack_chunks.ChunkStack``), the layers packed once.
 
-    ``results``: where the outputs go and which are kept (default: every output, in place on x's
-    device). x may live elsewhere than ``results.device`` (pinned host memory, say): each chunk is
-    moved there as it is processed, and ``check_rows`` then checks its rows on the way.
+    Same outputs as ``reference.stack.route_stack`` (float32 or bfloat16 r_0 and layers, one device;
+    the kernels' results in float32). ``ops.stack_chunks.run_stack`` calls it chunk by chunk.
     """
-    n, d = x.shape
-    l_max = len(layers)
-    if results is None:
-        results = StackResults(n, d, l_max, device=x.device, float_dtype=torch.float32)
-    dev = results.device
-    keep_depths, keep_residual = results.keeps("depths"), results.keeps("residual")
-    rounds, hard, eta, tau, eps = routing.rounds, routing.mode == "hard", routing.eta, routing.tau, routing.eps
-    params = []
-    for W, b, D in layers:
-        W, b, D = W.detach().contiguous(), b.detach().contiguous(), D.detach().contiguous()
-        cfg = tile_config(W.shape[2], W.shape[1], W.device.type, W.element_size())
-        params.append((W.shape[0], D, pack_layer(W, b, cfg["BC"], cfg["BD"], tf32)))
 
-    step = max(1, chunk or DEFAULT_CHUNK)
-    for start, rows_in in item_chunks(x, step, dev, check=check_rows):
-        m = rows_in.shape[0]
-        R = normalise(rows_in).contiguous()
-        del rows_in
+    def __init__(self, layers: Sequence[tuple[Tensor, Tensor, Tensor]], routing: RoutingParams, *,
+                 need_weights: bool = False, tf32: bool = False) -> None:
+        self.routing, self.need_weights, self.tf32 = routing, need_weights, tf32
+        self.params = []
+        for W, b, D in layers:
+            W, b, D = W.detach().contiguous(), b.detach().contiguous(), D.detach().contiguous()
+            cfg = tile_config(W.shape[2], W.shape[1], W.device.type, W.element_size())
+            self.params.append((W.shape[0], D, pack_layer(W, b, cfg["BC"], cfg["BD"], tf32)))
+
+    @torch.no_grad()
+    def __call__(self, r0: Tensor, results: StackResults, start: int) -> None:
+        """Route the m unit rows r0 (items ``start`` to ``start + m``) and write them through ``results``."""
+        routing, need_weights, l_max = self.routing, self.need_weights, len(self.params)
+        rounds, hard, eta, tau, eps = routing.rounds, routing.mode == "hard", routing.eta, routing.tau, routing.eps
+        keep_depths, keep_residual = results.keeps("depths"), results.keeps("residual")
+        dev, m = results.device, r0.shape[0]
+        R = r0.contiguous()
         out = results.chunk(start, m)
         rows = torch.arange(m, device=dev)
         idx = rows.clone()
         count = torch.full((1,), m, dtype=torch.int64, device=dev)
         counts = torch.empty(l_max, dtype=torch.int64, device=dev) if keep_depths else None
         history = []
-        for depth, (k, D, packed) in enumerate(params):
+        for depth, (k, D, packed) in enumerate(self.params):
             if keep_depths:
                 counts[depth:depth + 1].copy_(count)
             rec = _records(m, k, need_weights, dev)
             route_stack_depth(
                 R, idx, count, packed, D, capsules=k, rounds=rounds, hard=hard, eta=eta, tau=tau, eps=eps,
                 last=depth == l_max - 1, depth=depth, sids=out["sids"], lengths=out["lengths"],
-                reasons=out["stop_reason"], recon=out["recon"], need_weights=need_weights, tf32=tf32, rec=rec,
+                reasons=out["stop_reason"], recon=out["recon"], need_weights=need_weights, tf32=self.tf32, rec=rec,
             )
             if keep_depths:
                 history.append((idx, rec))
@@ -114,18 +105,18 @@ def tokenize_stack_triton(
                 out["residual"].copy_(R)
         results.commit(start, m, out)
         if keep_depths:
-            host_counts = counts.tolist()  # the chunk's one synchronisation, only to cut the records
-            records = []
-            for depth, (idx_d, rec) in enumerate(history):
-                c = host_counts[depth]
-                if c == 0:
-                    break
-                weights = torch.exp(rec["logits"][:c] - rec["lse"][:c, None]) if need_weights else None
-                records.append(DepthOutput(
-                    idx_d[:c], rec["token"][:c], rec["confidence"][:c], rec["onorm"][:c],
-                    rec["residual_norm"][:c], rec["prev_residual_norm"][:c], rec["stop_reason"][:c], weights,
-                ))
-            results.add_depths(start, records)
-        if progress is not None:
-            progress(m)
-    return results.output()
+            results.add_depths(start, _cut_records(history, counts.tolist(), need_weights))
+
+
+def _cut_records(history: list, counts: list[int], need_weights: bool) -> list[DepthOutput]:
+    """The per-depth records cut to each depth's item count (learnt by the chunk's one synchronisation)."""
+    records = []
+    for (idx_d, rec), c in zip(history, counts):
+        if c == 0:
+            break
+        weights = torch.exp(rec["logits"][:c] - rec["lse"][:c, None]) if need_weights else None
+        records.append(DepthOutput(
+            idx_d[:c], rec["token"][:c], rec["confidence"][:c], rec["onorm"][:c],
+            rec["residual_norm"][:c], rec["prev_residual_norm"][:c], rec["stop_reason"][:c], weights,
+        ))
+    return records

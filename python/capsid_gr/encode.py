@@ -1,7 +1,8 @@
 """``capsid encode``: tokenize a whole catalogue of item vectors in bounded memory.
 
 Reads vectors from a .npy file (or draws N synthetic ones, up to the 35.8M of the paper's
-industrial catalogue), runs the CAPSID stack through ``capsid_kernels.tokenize`` in chunks
+industrial catalogue), runs the CAPSID stack through ``CapsIDTokenizer.tokenize`` (the op
+``capsid_kernels.tokenize`` with the config's routing and execution options) in chunks
 with a progress bar, and prints the SID diagnostics. The tokenizer is freshly initialised
 from its seed: this command measures the kernels at catalogue scale, it does not train.
 """
@@ -78,10 +79,7 @@ def run(args: argparse.Namespace) -> int:
     # The diagnostics read SIDs, lengths, stop reasons and the per-depth records only.
     keep = None if args.keep_recon else ("sids", "lengths", "stop_reason", "depths")
     with torch.no_grad(), tqdm(total=x.shape[0], unit="item", desc="encode", disable=args.quiet) as bar:
-        out = ck.tokenize(
-            x, [(m.W, m.b, m.D) for m in tokenizer.layers], config.routing, precision=config.precision,
-            backend=config.backend, batch_size=args.batch_size, progress=bar.update, outputs=keep,
-        )
+        out = tokenizer.tokenize(x, batch_size=args.batch_size, progress=bar.update, outputs=keep)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
