@@ -116,32 +116,34 @@ def fair_votes(rc: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return Bf16Votes.apply(rc, W.reshape(k * dc, d)).view(rc.shape[0], k, dc) + b.to(rc.dtype)
 
 
-def route_fair_anchor(
-    r: Tensor,
-    W: Tensor,
-    b: Tensor,
-    D: Tensor,
-    routing: RoutingParams = RoutingParams(),
-    *,
-    last: bool = False,
-    need_weights: bool = False,
-    need_onorm: bool = False,
-    **routing_keywords,
-) -> RouteOutput:
-    """One routing layer with the signature and outputs of ``route_reference``; bf16 votes on tensor
-    cores for bf16 inputs, the reference's math otherwise (see the module docstring).
+def like_route_reference(layer):
+    """``layer(r, W, b, D, routing, last=, need_weights=, need_onorm=)`` behind the signature and argument
+    handling of ``route_reference``, written once for both anchors: r [N, d], W [K, d_c, d], b [K, d_c],
+    D [d, d_c] of one dtype and device (checked, naming the argument), and a ``RoutingParams`` whose fields
+    keywords may replace."""
 
-    r [N, d], W [K, d_c, d], b [K, d_c], D [d, d_c], one dtype and device (checked, naming the argument).
-    Differentiable in r, W, b and D.
+    def anchor(r: Tensor, W: Tensor, b: Tensor, D: Tensor, routing: RoutingParams = RoutingParams(), *,
+               last: bool = False, need_weights: bool = False, need_onorm: bool = False,
+               **routing_keywords) -> RouteOutput:
+        check_route_args(r, W, b, D, "exact")
+        return layer(r, W, b, D, routing_params(routing, routing_keywords), last=last, need_weights=need_weights,
+                     need_onorm=need_onorm)
+
+    anchor.__name__, anchor.__qualname__, anchor.__doc__ = layer.__name__, layer.__qualname__, layer.__doc__
+    return anchor
+
+
+@like_route_reference
+def route_fair_anchor(r: Tensor, W: Tensor, b: Tensor, D: Tensor, routing: RoutingParams, **flags) -> RouteOutput:
+    """One routing layer with the signature and outputs of ``route_reference``; bf16 votes on tensor
+    cores for bf16 inputs, the reference's math otherwise (see the module docstring). Differentiable in
+    r, W, b and D.
     """
-    check_route_args(r, W, b, D, "exact")
-    routing = routing_params(routing, routing_keywords)
-    rounds, mode, eta, tau, eps = routing.rounds, routing.mode, routing.eta, routing.tau, routing.eps
     cd = compute_dtype(r.dtype)
     rc, Dc = r.to(cd), D.to(cd)
     # after the votes, the reference's own code (route_from_votes)
-    return route_from_votes(fair_votes(rc, W, b), rc, Dc, mode, eta, tau, eps, rounds, last=last,
-                            need_weights=need_weights, need_onorm=need_onorm, out_dtype=r.dtype)
+    return route_from_votes(fair_votes(rc, W, b), rc, Dc, routing.mode, routing.eta, routing.tau, routing.eps,
+                            routing.rounds, out_dtype=r.dtype, **flags)
 
 
 # --------------------------------------------------------------------------- bf16 votes (fair_bf16)
@@ -226,29 +228,14 @@ def route_from_bf16_votes(u: Tensor, rc: Tensor, Dc: Tensor, mode: str, eta: flo
                        cstar if need_weights else None, onorm if need_onorm else None)
 
 
-def route_fair_bf16(
-    r: Tensor,
-    W: Tensor,
-    b: Tensor,
-    D: Tensor,
-    routing: RoutingParams = RoutingParams(),
-    *,
-    last: bool = False,
-    need_weights: bool = False,
-    need_onorm: bool = False,
-    **routing_keywords,
-) -> RouteOutput:
+@like_route_reference
+def route_fair_bf16(r: Tensor, W: Tensor, b: Tensor, D: Tensor, routing: RoutingParams, **flags) -> RouteOutput:
     """One routing layer with the signature and outputs of ``route_reference``: for bf16 inputs the
     votes stored in bf16 and contracted by bf16 tensor-core bmms (less precise work than the Triton
     kernel; see the module docstring), for every other dtype ``route_reference`` itself.
-
-    r [N, d], W [K, d_c, d], b [K, d_c], D [d, d_c], one dtype and device (checked, naming the argument).
     Differentiable in r, W, b and D.
     """
-    check_route_args(r, W, b, D, "exact")
-    routing = routing_params(routing, routing_keywords)
     if r.dtype != BF16:
-        return route_reference(r, W, b, D, routing, last=last, need_weights=need_weights, need_onorm=need_onorm)
+        return route_reference(r, W, b, D, routing, **flags)
     return route_from_bf16_votes(bf16_votes(r, W, b), r.float(), D.float(), routing.mode, routing.eta,
-                                 routing.tau, routing.eps, routing.rounds, last=last, need_weights=need_weights,
-                                 need_onorm=need_onorm, out_dtype=r.dtype)
+                                 routing.tau, routing.eps, routing.rounds, out_dtype=r.dtype, **flags)
