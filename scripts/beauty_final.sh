@@ -24,6 +24,8 @@
 #   EXTRA="--sim-betas 0,0.5,1,2,4" FIT_SECONDS=340 JOB_TIMEOUT=460 bash scripts/beauty_final.sh M
 #                                    # RQ-KMeans x3, RQ-VAE seeds 1, 2, GAOQ seed 2 (c075 vectors, similarity
 #                                    # re-ranking chosen on validation), beside the GPU tests
+#   EXTRA="--sim-betas 0,0.5,1,2,4" FIT_SECONDS=140 JOB_TIMEOUT=230 bash scripts/beauty_final.sh N
+#                                    # the GPU tests (-v, test by test) beside one RQ-KMeans run (short call)
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # G, H and I name the encoder-decoder flags they ran with, so they reproduce after the gpu preset took
@@ -101,6 +103,14 @@ case "${1:-A}" in
      (SKIP_BUILD=1 SKIP_FULL=1 OUT=$O/gpu_check timeout 480 bash scripts/gpu_check.sh > "$O/gpu_check.txt" 2>&1) &
      OUT=$O/c075 VECTORS=.data/beauty_vectors_c075.npy bash scripts/beauty_job.sh "rqkmeans 0" "rqkmeans 1" \
        "rqkmeans 2" "rqvae 1" "rqvae 2" "gaoq 2"
+     wait ;;
+  N) O=${OUT:-gpu-logs}; mkdir -p "$O"; t=$(date +%s)  # a short call (little device time left): the GPU tests,
+     # written test by test, beside one RQ-KMeans run with the similarity re-ranking on the c075 vectors
+     TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"
+     python3 -c "import capsid_kernels._C" || exit 1
+     (PYTHONPATH="$PWD:$PWD/python" timeout ${TEST_TIMEOUT:-300} python3 -m pytest -v -m gpu -p no:cacheprovider \
+        --continue-on-collection-errors > "$O/pytest_gpu.log" 2>&1; echo "gpu tests rc=$?" >> "$O/pytest_gpu.log") &
+     OUT=$O/c075 VECTORS=.data/beauty_vectors_c075.npy bash scripts/beauty_job.sh "rqkmeans 0"
      wait ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
