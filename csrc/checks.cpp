@@ -1,11 +1,12 @@
-// Argument checks of the CUDA ops, compiled by the host C++ compiler, and run by the op
-// registrations (csrc/registration.cpp) before the nvcc-compiled entry points.
+// Argument checks of the CUDA ops, in one place, compiled by the host C++ compiler and run by
+// the op registrations (csrc/registration.cpp) before the nvcc-compiled entry points.
 //
-// Why here: on an H100 with torch 2.11 and CUDA 13.0 (2026-12-07), a TORCH_CHECK that failed
-// inside nvcc-compiled host code (the beam step's eos range check) ended the process with a
-// segmentation fault instead of raising, while the same kind of check in g++-compiled code
-// (squash_cpu.cpp) raised RuntimeError. So no error a caller can provoke is thrown from a .cu
-// file; only CUDA runtime failures (C10_CUDA_CHECK) remain there.
+// Known bug (open): on an H100 with torch 2.11 and CUDA 13.0 (2026-12-07), a failing check of
+// capsid_C::beam_step (eos outside the row) ends the process with a segmentation fault instead
+// of raising RuntimeError. Moving the checks here from beam_step.cu did not change that (second
+// GPU run the same day), so the cause is not where the check is compiled; it is not yet found.
+// tests/test_beam.py::test_cuda_step_refuses_token_ids_outside_the_row runs the call in a child
+// process and fails while the bug stands. The public beam_step passes the trie's own ids.
 #include "beam_step.h"
 #include "route_fwd.h"
 #include "squash.h"  // shape_str

@@ -30,7 +30,7 @@ TORCH_LIBRARY_FRAGMENT(capsid_C, m) {
 }
 
 namespace {
-// The checks run here, in g++-compiled code, before the nvcc-compiled kernel wrapper (csrc/checks.cpp says why).
+// The argument checks (csrc/checks.cpp, with the open segfault bug) run before the kernel wrapper.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_checked(
     const at::Tensor& logits, const at::Tensor& node, const at::Tensor& score, const at::Tensor& finished,
     const at::Tensor& child_start, const at::Tensor& token, const at::Tensor& end_bits, int64_t num_beams,

@@ -341,10 +341,43 @@ def test_cuda_step_reads_and_writes_the_token_ids_it_is_given():
     assert_moved_ids(native, other, FREE_PAD, FREE_EOS)
     eager = beam_step_eager(moved, node, score, fin, *args, trie.max_fanout, FREE_PAD, FREE_EOS)
     assert_steps_agree(StepOutput(*other), StepOutput(*eager), moved, b)
-    with pytest.raises(RuntimeError, match=rf"eos: expected a token id in \[0, V = {V}\), got {V}"):
-        torch.ops.capsid_C.beam_step(logits, node, score, fin, *args, PAD, V)
-    with pytest.raises(RuntimeError, match=rf"pad: expected a token id in \[0, V = {V}\), got -1"):
-        torch.ops.capsid_C.beam_step(logits, node, score, fin, *args, -1, EOS)
+
+
+_BAD_IDS_CHILD = """
+import sys, torch
+sys.path.insert(0, "tests")
+from capsid_kernels import _ext
+from test_beam import EOS, PAD, V, other_ids_case
+_ext.load()
+trie, b, (node, score, fin), logits, _ = other_ids_case("cuda")
+args = (trie.child_start, trie.token, trie.end_bits, b)
+for pad, eos in ((PAD, V), (-1, EOS)):
+    try:
+        torch.ops.capsid_C.beam_step(logits, node, score, fin, *args, pad, eos)
+        print("no error for pad=%d eos=%d" % (pad, eos))
+    except RuntimeError as e:
+        print(str(e).splitlines()[0])
+"""
+
+
+@pytest.mark.gpu
+def test_cuda_step_refuses_token_ids_outside_the_row():
+    """The raw op's range checks of pad/eos. Run in a child process: on the H100 (torch 2.11,
+    CUDA 13.0, 2026-12-07) this call segfaulted instead of raising, which ended the whole GPU
+    test session; a crash now fails this test alone. The public beam_step hands the trie's
+    own ids, so it never reaches this path."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, child_env
+
+    res = subprocess.run([sys.executable, "-c", _BAD_IDS_CHILD], cwd=REPO, env=child_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, f"the child ended with {res.returncode} (a negative code is a signal): " \
+                                f"{res.stderr[-2000:]}"
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].startswith(f"eos: expected a token id in [0, V = {V}), got {V}"), lines
+    assert lines[1].startswith(f"pad: expected a token id in [0, V = {V}), got -1"), lines
 
 
 @pytest.mark.gpu
