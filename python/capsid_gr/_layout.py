@@ -46,7 +46,7 @@ def _modules(*names: str) -> tuple[str, ...]:
 
 LAYOUT: dict[str, tuple[str, ...]] = {
     "foundation": ("capsid_gr", *_modules("atomic", "checks", "checkpoint", "ranking"),
-                   *_package("collective", "context", "gather"), *_package("loop", "epochs", "schedule", "stopping")),
+                   *_package("collective", "context", "gather"), *_package("loop", "ddp", "epochs", "schedule", "stopping")),
     "data": _package("data", "amazon", "dataset", "synthetic"),
     "vectors": _package("vectors", "attributes", "build", "collaborative", "config", "content", "diagnostics"),
     "tokenizers": (*_package("tokenizer", "forward", "hamr", "inference", "losses", "schedules"),
@@ -60,7 +60,7 @@ LAYOUT: dict[str, tuple[str, ...]] = {
                   *_package("anchors", "knn", "markov")),
     "metrics": _package("metrics", "tokenizer"),
     "runs": (*_modules("cli", "pipeline", "encode", "flags", "routing_flags", "report", "plots", "_layout"),
-             *_package("jobs", "fit_tokenizer", "tokenize", "tokenizers"), *_package("distributed", "run", "tokenize")),
+             *_package("jobs", "fit_tokenizer", "tokenize", "tokenizers"), *_package("distributed", "fit", "run", "tokenize")),
 }
 
 

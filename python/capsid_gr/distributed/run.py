@@ -1,6 +1,10 @@
-"""`python -m capsid_gr.distributed.run bench` (also `capsid distributed bench`), under torchrun:
+"""`python -m capsid_gr.distributed.run bench|fit` (also `capsid distributed ...`), under torchrun:
 
     torchrun --standalone --nproc_per_node 2 -m capsid_gr.distributed.run bench --items 2000000
+    torchrun --standalone --nproc_per_node 2 -m capsid_gr.distributed.run fit --device cpu
+
+`fit` (capsid_gr.distributed.fit): the encoder-decoder generator's fit under DDP on a synthetic
+catalogue (issue 22). `bench`, below:
 
 The scale study of issue 9 on a synthetic catalogue: sharded tokenization of --items random
 item vectors, one Stage-2 epoch on --users random sequences, sharded evaluation on the test
@@ -18,6 +22,7 @@ import sys
 import time
 
 from ..flags import OneSeed
+from . import fit as _fit
 from ..routing_flags import add_routing_arguments, routing_overrides
 
 
@@ -39,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--out", default="distributed_bench.jsonl", help="rank 0 appends a JSON line here")
     add_routing_arguments(b)
     b.set_defaults(dist_func=bench)
+    _fit.add_arguments(sub)
 
 
 def _sync(dist) -> None:
@@ -113,7 +119,7 @@ def bench(args: argparse.Namespace, dist) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..collective import distributed
 
-    with distributed() as dist:
+    with distributed(device=getattr(args, "device", None)) as dist:  # `fit --device`; bench: the default
         args.dist_func(args, dist)
     return 0
 

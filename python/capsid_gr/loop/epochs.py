@@ -116,8 +116,10 @@ class TrainLoop:
     dist: a capsid_gr.collective.DistContext under torchrun (None: one process): `modules` are
     broadcast from rank 0 at `begin`, gradients are all-reduced ("mean": every rank computed the
     whole batch's loss, Stage 1; "sum": each rank's loss is already weighted by its share,
-    Stage 2), the running totals and the time decision are summed in one reduction, only the
-    writer rank writes. on_epoch_end: called with each record after its checkpoint is written.
+    Stage 2; "ddp": DistributedDataParallel reduced them during backward, the sequential fit
+    through capsid_gr.loop.ddp), the running totals and the time decision are summed in one
+    reduction, only the writer rank writes.
+    on_epoch_end: called with each record after its checkpoint is written.
     """
 
     def __init__(self, *, epochs: int, steps_per_epoch: int, schedule: Callable[[int, Optional[float]], float],
@@ -128,8 +130,8 @@ class TrainLoop:
                  record_stop_as: Optional[str] = None, checkpoint: Optional[Checkpointing] = None,
                  resume: bool = True, dist=None, modules: Sequence = (), grad_reduction: str = "mean",
                  on_epoch_end: Optional[Callable[[dict], None]] = None, clock_start: Optional[float] = None) -> None:
-        if grad_reduction not in ("mean", "sum"):
-            raise ValueError(f"TrainLoop.grad_reduction: expected 'mean' or 'sum', got {grad_reduction!r}")
+        if grad_reduction not in ("mean", "sum", "ddp"):
+            raise ValueError(f"TrainLoop.grad_reduction: expected 'mean', 'sum' or 'ddp', got {grad_reduction!r}")
         self.epochs_total, self.steps_per_epoch, self.schedule = epochs, steps_per_epoch, schedule
         self.stopping, self.optimizer, self.params = stopping, optimizer, list(params)
         self._state, self._load_state, self.device, self.seed = state, load_state, device, seed
@@ -221,10 +223,10 @@ class TrainLoop:
 
     def step(self, objective: torch.Tensor) -> None:
         """One optimizer step on `objective`: zero the gradients, backward, all-reduce them over
-        ranks, clip, step."""
+        ranks (unless DDP did, `grad_reduction="ddp"`), clip, step."""
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
-        if self.dist is not None:
+        if self.dist is not None and self.grad_reduction != "ddp":
             if self.grad_reduction == "mean":
                 self.dist.average_gradients(self.params)
             else:

@@ -9,7 +9,17 @@ of `val_users`, or all) and NDCG@10 decides early stopping (`patience` in epochs
 state; the test is run once, by the caller, at that best state. After every epoch an atomic
 checkpoint (safetensors + JSON header: model, best model, optimizer, history) is written; a
 rerun in the same folder resumes after the last finished epoch with the same result as an
-uninterrupted run (shuffling and dropout are seeded from (seed, epoch)). The loop is
+uninterrupted run (shuffling and dropout are seeded from (seed, epoch)).
+
+Under torchrun (`dist=`, a capsid_gr.collective.DistContext of world > 1) the model trains
+under DistributedDataParallel with exact global-batch semantics (capsid_gr.loop.GlobalBatchLoss):
+every rank draws the same global batches, computes the loss of its contiguous slice of rows,
+and the update is the one-process update on the whole batch up to float32 summation order
+(with dropout 0; dropout masks are drawn per rank). Validation decodes whole chunks of queries
+on each rank and gathers their target ranks (capsid_gr.loop.sharded_ranking_metrics), so its
+metrics equal one process's for the same parameters. Rank 0 alone writes the checkpoint; it
+holds global state only, so a run resumes on any world size (bit-identical to an uninterrupted
+run at the same world size, to float32 tolerance at another). The loop is
 capsid_gr.loop.TrainLoop (schedule: capsid_gr.loop.WarmupCosine); this file keeps the fit's
 batches, its validation NDCG@10 and the popularity-correction choice.
 """
@@ -29,7 +39,8 @@ import torch
 from ..data import Split
 from ..generator import autocast
 from ..generator.seq import attention_backends, window_tensors
-from ..loop import Checkpointing, EarlyStopping, TrainLoop, WarmupCosine, reseed_global, validation_subset
+from ..loop import (Checkpointing, EarlyStopping, GlobalBatchLoss, TrainLoop, WarmupCosine, reseed_global,
+                    sharded_ranking_metrics, validation_subset)
 from ..ranking import ranking_metrics
 from .samples import batch_count, bucketed_batches, training_windows, window_batch
 from ..checks import check_config, short
@@ -129,13 +140,19 @@ def validation_users(split: Split, cfg: FitConfig) -> np.ndarray:
 
 def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitConfig = FitConfig(), *,
                    device=None, out_dir: Optional[Path] = None, resume: bool = True, identity: Optional[dict] = None,
-                   show_progress: bool = True, log: Optional[Callable[[dict], None]] = None) -> FitResult:
+                   show_progress: bool = True, log: Optional[Callable[[dict], None]] = None,
+                   dist=None) -> FitResult:
     """Train `model` (anything with `loss(items [B, T], targets [B, T]) -> (mean loss, count)`)
     on `split.train`; `recommender.recommend(histories, num_beams, top_k, batch_size)` ranks the
     validation users. Leaves the best state loaded and the model in eval mode. `log` is called
-    with each epoch's record once its checkpoint is written."""
+    with each epoch's record once its checkpoint is written (on every rank). `dist`: a
+    capsid_gr.collective.DistContext under torchrun (see the module doc; device defaults to its
+    device); None or a one-process context: one process."""
     start = time.perf_counter()
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    dist = dist if dist is not None and dist.active else None
+    if device is None:
+        device = dist.device if dist is not None else "cpu"
+    device = torch.device(device)
     model.to(device)
     windows = training_windows(split.train, cfg.max_history)
     if len(windows) == 0:
@@ -161,13 +178,16 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
         optimizer=opt, params=list(model.parameters()), state=model.state_dict, load_state=model.load_state_dict,
         device=device, seed=cfg.seed, eval_every=cfg.eval_every, grad_clip=cfg.grad_clip,
         max_seconds=cfg.max_seconds, clock_resumes=True, record_stop_as="stop", checkpoint=checkpoint,
-        resume=resume, on_epoch_end=log, clock_start=start)
+        resume=resume, on_epoch_end=log, clock_start=start, dist=dist, grad_reduction="ddp")
+    if dist is not None:
+        dist.barrier()  # a checkpoint rank 0 is still writing (an earlier call) is on disk before any rank reads it
     meta = loop.begin()
     best_val: dict = meta["best_val"] if meta is not None else {}
+    ddp = GlobalBatchLoss(model, dist) if dist is not None else None  # after a resume: every rank holds its state
     with attention_backends():  # no cuDNN attention (see attention_backends)
         for epoch in loop.epochs():
             dropout_seed, order_seed = loop.seeds()
-            reseed_global(dropout_seed)
+            reseed_global(dropout_seed, dist)
             rng = np.random.default_rng(order_seed)
             perm = rng.permutation(len(windows))
             batches = bucketed_batches(windows[perm], cfg.batch_size, cfg.max_history, cfg.length_buckets, rng,
@@ -178,18 +198,21 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
             for i, chosen in enumerate(batches):
                 loop.set_lr(i)
                 inp, tgt = window_tensors(window_batch(split.train, chosen, cfg.max_history))
+                rows = torch.as_tensor(inp, device=device), torch.as_tensor(tgt, device=device)
                 with autocast(device):
-                    loss, n = model.loss(torch.as_tensor(inp, device=device), torch.as_tensor(tgt, device=device))
+                    if ddp is None:
+                        loss, n = model.loss(*rows)
+                        summed = loss.detach() * n
+                    else:
+                        loss, summed, n = ddp(rows)
                 loop.step(loss)
-                losses.append(loss.detach() * n)
+                losses.append(summed)
                 n_sum += n
             loss_sum = float(torch.stack(losses).sum()) if losses else 0.0
-            (elapsed,) = loop.close_steps()
+            elapsed, loss_sum, n_sum = loop.close_steps(loss_sum, n_sum)
             record = {"epoch": epoch, "lr_end": loop.lr, "train_loss": loss_sum / max(n_sum, 1), "seconds": elapsed}
             if loop.validation_due():
-                ranked, _ = recommender.recommend(val_hist, num_beams=cfg.num_beams, top_k=10,
-                                                  batch_size=cfg.eval_batch_size)
-                m = ranking_metrics(ranked, val_target, ks=(10,))
+                m = validation_metrics(recommender, val_hist, val_target, cfg, dist)
                 record.update({f"val_{k}": v for k, v in m.items()})
                 if loop.observe(m["ndcg@10"]):
                     best_val = m
@@ -201,7 +224,19 @@ def fit_sequential(model: torch.nn.Module, recommender, split: Split, cfg: FitCo
             loop.end_epoch(record, meta={"best_val": best_val})
     loop.finish()
     model.eval()
+    if dist is not None:
+        dist.barrier()  # every rank returns with the last checkpoint on disk
     return FitResult(loop.history, loop.best_epoch, best_val, loop.stopped_by or "epochs", loop.elapsed())
+
+
+def validation_metrics(recommender, histories, targets: np.ndarray, cfg: FitConfig, dist=None) -> dict:
+    """Recall@10 and NDCG@10 of `recommender` on the validation users; with `dist` (world > 1)
+    decoded in shards and gathered, equal to one process's."""
+    if dist is None:
+        ranked, _ = recommender.recommend(histories, num_beams=cfg.num_beams, top_k=10, batch_size=cfg.eval_batch_size)
+        return ranking_metrics(ranked, targets, ks=(10,))
+    return sharded_ranking_metrics(recommender, histories, targets, dist, ks=(10,), num_beams=cfg.num_beams, top_k=10,
+                                   batch_size=cfg.eval_batch_size)
 
 
 def choose_prior_alpha(recommender, split: Split, cfg: FitConfig) -> tuple[float, dict]:
