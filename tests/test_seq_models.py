@@ -379,13 +379,18 @@ def test_the_pipeline_command_runs_without_cudnn_attention_and_restores_it(monke
     assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
-def test_popularity_correction_reranks_the_beam_by_score_minus_alpha_log_count(data):
+def _small_recommender(data, seed):
+    """An untrained one-layer encoder-decoder over 2 x 8 RQ-KMeans codes, with popularity."""
     split = data.split(max_history=20)
     items = _rq_items(data)
     pop = data.popularity()
     model = EncDecGenerator(items, EncDecConfig(hidden=32, heads=2, enc_layers=1, dec_layers=1, ffn=64, max_len=20),
-                            seed=1)
-    rec = EncDecRecommender(model, build_item_trie(items, pop, "cpu"), 20, popularity=pop)
+                            seed=seed)
+    return split, pop, model, EncDecRecommender(model, build_item_trie(items, pop, "cpu"), 20, popularity=pop)
+
+
+def test_popularity_correction_reranks_the_beam_by_score_minus_alpha_log_count(data):
+    split, pop, model, rec = _small_recommender(data, seed=1)
     # the rule itself, on hand-made rows: -1 / -inf slots stay last, ties keep beam order
     it = torch.tensor([[3, 1, 2, -1], [0, 2, 1, 3]])
     sc = torch.tensor([[-1.0, -1.5, -2.0, -np.inf], [-1.0, -1.0, -1.0, -1.0]])
@@ -412,12 +417,7 @@ def test_popularity_correction_reranks_the_beam_by_score_minus_alpha_log_count(d
 
 
 def test_choose_prior_alpha_takes_the_best_validation_ndcg(data):
-    split = data.split(max_history=20)
-    items = _rq_items(data)
-    pop = data.popularity()
-    model = EncDecGenerator(items, EncDecConfig(hidden=32, heads=2, enc_layers=1, dec_layers=1, ffn=64, max_len=20),
-                            seed=2)
-    rec = EncDecRecommender(model, build_item_trie(items, pop, "cpu"), 20, popularity=pop)
+    split, pop, model, rec = _small_recommender(data, seed=2)
     cfg = FitConfig(**{**FIT, "prior_alphas": [0.0, 0.5, 3.0], "val_users": 200, "num_beams": 20})
     alpha, table = choose_prior_alpha(rec, split, cfg)
     assert set(table) == {"0.0", "0.5", "3.0"} and rec.prior_alpha == alpha

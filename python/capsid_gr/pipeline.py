@@ -439,24 +439,11 @@ def generator_kind(args) -> str:
 
 
 def choose_sim_beta(rec, split, fcfg, betas) -> tuple[float, dict]:
-    """The similarity weight of `rec` (its `sim_beta`) picked like `choose_prior_alpha` (same
-    validation users, NDCG@10, ties to the smaller), with its other settings as they stand."""
-    from .stage2.fit import choose_prior_alpha
+    """The similarity weight `sim_beta` of `rec` among `betas`, picked like the popularity
+    correction (`stage2.fit.choose_decode_weight`), with its other settings as they stand."""
+    from .stage2.fit import choose_decode_weight
 
-    class _Beta:  # choose_prior_alpha sets `prior_alpha`: route it to sim_beta
-        def __init__(self, rec):
-            self.rec = rec
-
-        def __setattr__(self, name, value):
-            if name == "prior_alpha":
-                self.rec.sim_beta = value
-            else:
-                object.__setattr__(self, name, value)
-
-        def recommend(self, *a, **k):
-            return self.rec.recommend(*a, **k)
-
-    return choose_prior_alpha(_Beta(rec), split, dataclasses.replace(fcfg, prior_alphas=tuple(betas)))
+    return choose_decode_weight(rec, split, fcfg, "sim_beta", betas)
 
 
 def _fit_overrides(preset: dict, args, sasrec: bool = False) -> dict:

@@ -239,24 +239,30 @@ def validation_metrics(recommender, histories, targets: np.ndarray, cfg: FitConf
                                    batch_size=cfg.eval_batch_size)
 
 
-def choose_prior_alpha(recommender, split: Split, cfg: FitConfig) -> tuple[float, dict]:
-    """Pick the popularity correction of `recommender` (its `prior_alpha`) on the same validation
-    users as early stopping, by NDCG@10, among `cfg.prior_alphas` (ties go to the smaller one);
+def choose_decode_weight(recommender, split: Split, cfg: FitConfig, attr: str, values) -> tuple[float, dict]:
+    """Pick the decoding weight `attr` of `recommender` (e.g. `prior_alpha`, `sim_beta`) among
+    `values` on the same validation users as early stopping, by NDCG@10 (ties go to the smaller);
     leaves the winner set and returns it with each candidate's validation metrics. With one
     candidate nothing is decoded."""
-    if len(cfg.prior_alphas) == 1:
-        recommender.prior_alpha = cfg.prior_alphas[0]
-        return cfg.prior_alphas[0], {}
+    values = sorted(float(v) for v in values)
+    if len(values) == 1:
+        setattr(recommender, attr, values[0])
+        return values[0], {}
     users = validation_users(split, cfg)
     hist = [split.valid.history[u, : split.valid.length[u]] for u in users]
     target = split.valid.target[users]
-    table, best, best_alpha = {}, -1.0, 0.0
-    for alpha in sorted(cfg.prior_alphas):
-        recommender.prior_alpha = alpha
+    table, best, best_value = {}, -1.0, values[0]
+    for value in values:
+        setattr(recommender, attr, value)
         ranked, _ = recommender.recommend(hist, num_beams=cfg.num_beams, top_k=10, batch_size=cfg.eval_batch_size)
         m = ranking_metrics(ranked, target, ks=(10,))
-        table[str(alpha)] = m
+        table[str(value)] = m
         if m["ndcg@10"] > best:
-            best, best_alpha = m["ndcg@10"], alpha
-    recommender.prior_alpha = best_alpha
-    return best_alpha, table
+            best, best_value = m["ndcg@10"], value
+    setattr(recommender, attr, best_value)
+    return best_value, table
+
+
+def choose_prior_alpha(recommender, split: Split, cfg: FitConfig) -> tuple[float, dict]:
+    """The popularity correction `prior_alpha` among `cfg.prior_alphas` (`choose_decode_weight`)."""
+    return choose_decode_weight(recommender, split, cfg, "prior_alpha", cfg.prior_alphas)
