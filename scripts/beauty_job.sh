@@ -37,9 +37,10 @@ for d in "$OUT"/runs*/*/*/seed*; do
   [ -d "$d" ] || continue
   run=$(basename "$(dirname "$(dirname "$(dirname "$d")")")"); run=${run#runs}
   tag="$(basename "$(dirname "$d")")$run-$(basename "$d")"
-  for f in results.json stage1_log.jsonl stage2_log.jsonl fit_log.jsonl; do [ -f "$d/$f" ] && cp "$d/$f" "$OUT/$tag.$f"; done
+  for f in results.json stage1_log.jsonl stage2_log.jsonl fit_log.jsonl beam_lists.npz; do [ -f "$d/$f" ] && cp "$d/$f" "$OUT/$tag.$f"; done
 done
 rm -rf "$OUT"/runs*
-# one archive, since a device call returns a limited number of files
-tar czf "$OUT/beauty_job.tgz" -C "$OUT" $(cd "$OUT" && ls | grep -v beauty_job.tgz) \
-  && find "$OUT" -maxdepth 1 -type f ! -name beauty_job.tgz -delete && echo "archive: beauty_job.tgz"
+# one archive, since a device call returns a limited number of files (beam lists, from --save-lists, stay
+# beside it: a returned file holds at most 16 MiB)
+tar czf "$OUT/beauty_job.tgz" -C "$OUT" $(cd "$OUT" && ls | grep -v -e beauty_job.tgz -e '\.npz$') \
+  && find "$OUT" -maxdepth 1 -type f ! -name beauty_job.tgz ! -name '*.npz' -delete && echo "archive: beauty_job.tgz"

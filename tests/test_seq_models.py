@@ -424,3 +424,32 @@ def test_choose_prior_alpha_takes_the_best_validation_ndcg(data):
     assert table[str(alpha)]["ndcg@10"] == max(m["ndcg@10"] for m in table.values())
     assert len({m["ndcg@10"] for m in table.values()}) > 1  # the candidates rank differently
     assert choose_prior_alpha(rec, split, FitConfig(**FIT)) == (0.0, {}) and rec.prior_alpha == 0.0
+
+
+def test_beam_lists_are_the_plain_beam_with_its_scores_and_rerank_like_recommend(data):
+    split, pop, model, rec = _small_recommender(data, seed=3)
+    hist = split.test.histories()[:37]  # not a multiple of the batch: rows must stay aligned
+    plain, _ = rec.recommend(hist, num_beams=20, top_k=20, batch_size=16)
+    items, scores = rec.beam_lists(hist, num_beams=20, batch_size=16)
+    assert np.array_equal(items, plain) and scores.dtype == np.float32
+    ok = items >= 0
+    assert np.isfinite(scores[ok]).all() and np.isneginf(scores[~ok]).all()
+    assert (np.diff(np.where(ok, scores, -1e30), axis=1) <= 1e-5).all()  # best first
+    # the saved scores reproduce the decoded popularity correction offline
+    rec.prior_alpha = 1.5
+    corrected, _ = rec.recommend(hist, num_beams=20, top_k=10, batch_size=16)
+    offline = rec._rerank(torch.as_tensor(items), torch.as_tensor(scores), 10).numpy()
+    assert np.array_equal(corrected, offline)
+
+
+def test_pipeline_save_lists_writes_validation_and_test_beams(tmp_path):
+    from capsid_gr.pipeline import main
+
+    main(["--tokenizer", "rqkmeans", "--preset", "cpu", "--set", "fit.epochs=1", "--set", "fit.val_users=50",
+          "--set", "synthetic.n_items=200", "--set", "synthetic.n_users=150", "--save-lists", "--device", "cpu",
+          "--out", str(tmp_path), "--quiet"])
+    (path,) = tmp_path.glob("**/beam_lists.npz")
+    z = np.load(path)
+    assert z["val_items"].shape == (50, 50) and z["test_items"].shape == (150, 50)
+    assert z["test_scores"].dtype == np.float16 and (z["test_items"][:, 0] >= 0).all()
+    assert len(set(z["val_users"].tolist())) == 50 and z["test_target"].shape == (150,)

@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .atomic import writable_folder, write_text_atomic
+from .atomic import writable_folder, write_atomic, write_text_atomic
 from .checks import short
 from .jobs.tokenizers import ALIASES, BASELINES, DISAMBIGUATED, TOKENIZERS, canonical, capsid_variant
 from .flags import NameList, NumberList
@@ -376,6 +376,8 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
         alpha, alpha_val = choose_prior_alpha(rec, split, fcfg)
         beta, beta_val = choose_sim_beta(rec, split, fcfg, getattr(args, "sim_betas", [0.0]))
         t2 = time.perf_counter()
+        if getattr(args, "save_lists", False):
+            save_beam_lists(rec, split, fcfg, args.beams, run_dir / "beam_lists.npz")
         metrics = evaluate(rec, split.test.histories(), split.test.target, tiers=data.tiers(), ks=tuple(args.ks),
                            num_beams=args.beams, batch_size=fcfg.eval_batch_size, token_metrics=False)
         train_info = {"stage2_best_epoch": res.best_epoch, "stage2_epochs_run": len(res.history),
@@ -419,6 +421,28 @@ def run_one(variant: str, seed: int, data, x: np.ndarray, args, device) -> dict:
            "seconds": {"tokenizer": t1 - t0, "stage2": t2 - t1, "eval": t3 - t2, "total": t3 - t0}}
     write_text_atomic(run_dir / "results.json", json.dumps(out, indent=1))
     return out
+
+
+def save_beam_lists(rec, split, fcfg, num_beams: int, path: Path) -> None:
+    """The finished beams of the early-stopping validation users and of every test user (items
+    int32, log-probabilities float16, targets, each query's last history item), so that a re-ranking
+    can be chosen on validation and read once on test offline (`--save-lists`)."""
+    import io
+
+    from .stage2.fit import validation_users
+
+    users = validation_users(split, fcfg)
+    parts = {}
+    for name, hist, target in (
+            ("val", [split.valid.history[u, : split.valid.length[u]] for u in users], split.valid.target[users]),
+            ("test", split.test.histories(), split.test.target)):
+        items, scores = rec.beam_lists(hist, num_beams=num_beams, batch_size=fcfg.eval_batch_size)
+        parts.update({f"{name}_items": items.astype(np.int32), f"{name}_scores": scores.astype(np.float16),
+                      f"{name}_target": np.asarray(target, np.int32),
+                      f"{name}_last": np.array([h[-1] if len(h) else -1 for h in hist], np.int32)})
+    buf = io.BytesIO()
+    np.savez_compressed(buf, val_users=np.asarray(users, np.int32), **parts)
+    write_atomic(path, buf.getvalue())
 
 
 def features_digest(x: np.ndarray) -> str:
@@ -576,6 +600,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--sim-betas", dest="sim_betas", action=NumberList, default=[0.0], metavar="B",
                    help="encoder-decoder only: weights of cos(item, last history item) added to the beam's item "
                         "scores; the best on the validation users is used (default 0: plain beam scores)")
+    p.add_argument("--save-lists", dest="save_lists", action="store_true",
+                   help="encoder-decoder runs: also write beam_lists.npz (each validation and test query's "
+                        "finished beam with its log-probabilities) for offline re-ranking studies")
     p.add_argument("--beams", type=int, default=50)
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     p.add_argument("--device", default="auto")

@@ -495,32 +495,34 @@ class EncDecRecommender(_Timed):
         order = torch.sort(adjusted, dim=1, descending=True, stable=True).indices[:, :top_k]
         return torch.gather(items, 1, order)
 
+    def _beam(self, items: Tensor, num_beams: int, top_k: int, backend: str):
+        """One batch of left-padded histories [Q, L] -> the trie-constrained beam search's result."""
+        import capsid_kernels as ck
+
+        model, dev = self.model, self.model.device
+        state: dict = {}
+
+        def step_fn(beams) -> Tensor:
+            with _autocast(dev):
+                if beams.step == 0:
+                    logits, st = model.start(items)
+                    state.update(st)
+                    model.expand(state, num_beams)
+                    return logits.repeat_interleave(num_beams, dim=0)
+                return model.step(beams.tokens, beams.step, state, num_beams)
+
+        return ck.beam_search(step_fn, self.trie, num_beams, items.shape[0], top_k=top_k,
+                              reorder_cache=lambda parent: model.reorder(state, parent), backend=backend, device=dev)
+
     @torch.no_grad()
     def recommend(self, histories: Sequence[np.ndarray], num_beams: int = 50, top_k: Optional[int] = None,
                   batch_size: int = 256, backend: str = "auto") -> tuple[np.ndarray, dict]:
-        import capsid_kernels as ck
-
         self.model.eval()
         top_k = top_k or num_beams
-        model, dev = self.model, self.model.device
+        adjust = self.prior_alpha > 0 or self.sim_beta > 0
 
         def decode(items: Tensor) -> np.ndarray:
-            q = items.shape[0]
-            state: dict = {}
-
-            def step_fn(beams) -> Tensor:
-                with _autocast(dev):
-                    if beams.step == 0:
-                        logits, st = model.start(items)
-                        state.update(st)
-                        model.expand(state, num_beams)
-                        return logits.repeat_interleave(num_beams, dim=0)
-                    return model.step(beams.tokens, beams.step, state, num_beams)
-
-            adjust = self.prior_alpha > 0 or self.sim_beta > 0
-            res = ck.beam_search(step_fn, self.trie, num_beams, q, top_k=num_beams if adjust else top_k,
-                                 reorder_cache=lambda parent: model.reorder(state, parent), backend=backend,
-                                 device=dev)
+            res = self._beam(items, num_beams, num_beams if adjust else top_k, backend)
             if adjust:  # histories are left-padded: the last column is each query's last item
                 return self._rerank(res.items, res.item_scores, top_k, items[:, -1]).cpu().numpy()
             return res.items.cpu().numpy()
@@ -528,6 +530,25 @@ class EncDecRecommender(_Timed):
         out, timing = self.run(histories, batch_size, decode, top_k)
         timing.update(num_beams=num_beams, steps=self.trie.max_len + 1)
         return out, timing
+
+    @torch.no_grad()
+    def beam_lists(self, histories: Sequence[np.ndarray], num_beams: int = 50, batch_size: int = 256,
+                   backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """The finished beam per query before any re-ranking: items [Q, num_beams] (-1 past the
+        last item) and their log P(item | history) (-inf there), float32, best first. What
+        `recommend` ranks, kept whole so that re-rankings can be studied offline."""
+        self.model.eval()
+        scores = np.full((len(histories), num_beams), -np.inf, np.float32)
+        done = [0]
+
+        def decode(items: Tensor) -> np.ndarray:
+            res = self._beam(items, num_beams, num_beams, backend)
+            scores[done[0]: done[0] + items.shape[0]] = res.item_scores.float().cpu().numpy()
+            done[0] += items.shape[0]
+            return res.items.cpu().numpy()
+
+        out, _ = self.run(histories, batch_size, decode, num_beams)
+        return out, scores
 
 
 class SASRecRecommender(_Timed):
