@@ -26,7 +26,7 @@
 #                                    # re-ranking chosen on validation), beside the GPU tests
 #   EXTRA="--sim-betas 0,0.5,1,2,4" FIT_SECONDS=140 JOB_TIMEOUT=230 bash scripts/beauty_final.sh N
 #                                    # the GPU tests (-v, test by test) beside one RQ-KMeans run (short call)
-#   FIT_SECONDS=330 JOB_TIMEOUT=440 bash scripts/beauty_final.sh Q
+#   FIT_SECONDS=260 JOB_TIMEOUT=360 bash scripts/beauty_final.sh Q
 #                                    # the GPU tests beside RQ-KMeans x2, GAOQ and two probes keeping their beams
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
