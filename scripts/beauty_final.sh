@@ -26,8 +26,9 @@
 #                                    # re-ranking chosen on validation), beside the GPU tests
 #   EXTRA="--sim-betas 0,0.5,1,2,4" FIT_SECONDS=140 JOB_TIMEOUT=230 bash scripts/beauty_final.sh N
 #                                    # the GPU tests (-v, test by test) beside one RQ-KMeans run (short call)
-#   FIT_SECONDS=260 JOB_TIMEOUT=360 bash scripts/beauty_final.sh Q
-#                                    # the GPU tests beside RQ-KMeans x2, GAOQ and two probes keeping their beams
+#   FIT_SECONDS=380 JOB_TIMEOUT=480 bash scripts/beauty_final.sh Q
+#                                    # the GPU tests beside RQ-KMeans x3 and GAOQ seed 0 keeping their beams
+#                                    # (--save-lists) for scripts/rerank_lists.py
 #   bash scripts/beauty_final.sh P   # seed-0 probes, one change each: SASRec epochs/lr, the encoder-decoder's
 #                                    # item-id inputs, lr, epochs, width, dropout (10 processes)
 # G, H and I name the encoder-decoder flags they ran with, so they reproduce after the gpu preset took
@@ -114,15 +115,15 @@ case "${1:-A}" in
         --continue-on-collection-errors > "$O/pytest_gpu.log" 2>&1; echo "gpu tests rc=$?" >> "$O/pytest_gpu.log") &
      OUT=$O/c075 VECTORS=.data/beauty_vectors_c075.npy bash scripts/beauty_job.sh "rqkmeans 0"
      wait ;;
-  Q) O=${OUT:-gpu-logs}; mkdir -p "$O"; t=$(date +%s)  # the GPU tests test by test beside five seed-0/1 runs on the
-     # auto-weighted vectors that keep their beams (--save-lists) for offline re-ranking studies: RQ-KMeans x2,
-     # GAOQ, and two one-change probes (weight decay 0.1, 20-item histories as in TIGER)
+  Q) O=${OUT:-gpu-logs}; mkdir -p "$O"; t=$(date +%s)  # the GPU tests test by test beside four runs on the
+     # auto-weighted vectors that keep their beams (--save-lists) for offline re-ranking studies
+     # (scripts/rerank_lists.py): RQ-KMeans x3 and GAOQ seed 0
      TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"
      python3 -c "import capsid_kernels._C" || exit 1
      (PYTHONPATH="$PWD:$PWD/python" timeout ${TEST_TIMEOUT:-400} python3 -m pytest -v -m gpu -p no:cacheprovider \
         --continue-on-collection-errors > "$O/pytest_gpu.log" 2>&1; echo "gpu tests rc=$?" >> "$O/pytest_gpu.log") &
      OUT=$O/q VECTORS=.data/beauty_vectors_c075.npy EXTRA="--save-lists" bash scripts/beauty_job.sh "rqkmeans 0" \
-       "rqkmeans 1" "gaoq 0" "rqkmeans 0 --set fit.weight_decay=0.1" "rqkmeans 0 --set fit.max_history=20"
+       "rqkmeans 1" "rqkmeans 2" "gaoq 0"
      wait ;;
   P) bash scripts/beauty_job.sh "@markov,markov1 0" "@sasrec 0" "@sasrec 0 --set fit.epochs=200" \
        "@sasrec 0 --set fit.epochs=200 --set fit.lr=2e-3" "rqkmeans 0" "rqkmeans 0 --set encdec.item_ids=true" \
