@@ -56,7 +56,7 @@ LAYOUT: dict[str, tuple[str, ...]] = {
     "items": _modules("generator.items"),
     "generator": (*_package("generator", "batch", "config", "model", "seq", "soft_input"),),
     "training": _package("stage2", "config", "fit", "samples", "train"),
-    "retrieval": (*_package("eval", "brute_force", "decode", "evaluate", "sharded", "teacher_forced", "validation"),
+    "retrieval": (*_package("eval", "brute_force", "decode", "evaluate", "sharded", "rerank", "teacher_forced", "validation"),
                   *_package("anchors", "knn", "markov")),
     "metrics": _package("metrics", "tokenizer"),
     "runs": (*_modules("cli", "pipeline", "encode", "flags", "routing_flags", "report", "plots", "_layout"),
