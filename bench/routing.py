@@ -3,6 +3,7 @@
     python bench/routing.py --out bench/results            # the full suite (GPU)
     python bench/routing.py --quick                        # N = 16384 and 65536 only
     python bench/routing.py --sweep                        # Triton tile configurations, bf16 default
+    python bench/routing.py --sweep --groups 2,4,8         # ... for each CAPSID_TRITON_GROUP (the default)
     python bench/routing.py --train                        # training step of one layer (fwd + bwd)
     python bench/routing.py --train --train-stack          # ... and of the whole stack with Stage 1's loss
     python bench/routing.py --fair                         # bf16 forward + training step vs the fair anchor
@@ -528,34 +529,52 @@ def report_train(rows: Sequence[dict], op: str, path: pathlib.Path, y: str, titl
               panel=lambda r: r["dtype"], title=title)
 
 
-def sweep(env) -> list[dict]:
-    """Tile configurations of the Triton kernel, bf16 default preset, N = 65536."""
+SWEEP_ENV = ("CAPSID_TRITON_BM", "CAPSID_TRITON_WARPS", "CAPSID_TRITON_STAGES", "CAPSID_TRITON_GROUP")
+
+
+def sweep(env, groups: Sequence[int] = (2, 4, 8)) -> list[dict]:
+    """Tile configurations of the Triton kernel (bf16 default and industrial presets, tf32 default;
+    N = 65536) for each schedule in ``groups`` (CAPSID_TRITON_GROUP: capsules per vote GEMM; 2 is
+    route_fwd_kernel, the others route_fwd_grouped.py; issue 20).
+
+    Each row's ``launched`` is the configuration that ran: ``tile_config`` trims stages and BM to the
+    shared-memory estimate and the launch falls back to smaller ones on OutOfResources. The launch
+    cache is emptied before each configuration, else every one would reuse the first that launched.
+    """
     import capsid_kernels as ck
+    from capsid_kernels.triton import route_fwd
 
     rows = []
-    for preset, prec in (("default", "bf16"), ("industrial", "bf16"), ("default", "tf32")):
-        K, dc, d = (PRESETS[preset][k] for k in ("K", "dc", "d"))
-        dtype, precision = PRECS[prec]
-        W, b, D = make_layer(K, dc, d, dtype, seed=1)
-        n = 65536
-        inputs = [unit_rows(n, d, dtype, seed=100 + i) for i in range(4)]
-        for bm, warps, stages in ((128, 8, 3), (128, 8, 2), (64, 4, 3), (64, 4, 2), (64, 8, 3)):
-            os.environ.update(CAPSID_TRITON_BM=str(bm), CAPSID_TRITON_WARPS=str(warps), CAPSID_TRITON_STAGES=str(stages))
-            try:
-                t = bench(lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="triton"),
-                          inputs, warmup=2, repeats=10, max_time_ms=500)
-                err = None
-            except Exception as e:  # noqa: BLE001  a config that does not compile is a data point
-                t, err = None, f"{type(e).__name__}: {str(e)[:100]}"
-            rows.append(make_row(op="route_sweep", backend="triton", dtype=prec,
-                                 shapes={"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "preset": preset,
-                                         "BM": bm, "warps": warps, "stages": stages},
-                                 timing=t, items=n, flops=2.0 * n * K * dc * d * ROUNDS, env=env,
-                                 **({"error": err} if err else {})))
-            r = rows[-1]
-            print(f"sweep {preset} {prec} BM={bm} warps={warps} stages={stages}: "
-                  + (f"{r['ns_per_item_layer']:.2f} ns/item-layer {r['tflops']:.1f} TFLOP/s" if t else err), flush=True)
-        for k in ("CAPSID_TRITON_BM", "CAPSID_TRITON_WARPS", "CAPSID_TRITON_STAGES"):
+    try:
+        for preset, prec in (("default", "bf16"), ("industrial", "bf16"), ("default", "tf32")):
+            K, dc, d = (PRESETS[preset][k] for k in ("K", "dc", "d"))
+            dtype, precision = PRECS[prec]
+            W, b, D = make_layer(K, dc, d, dtype, seed=1)
+            n = 65536
+            inputs = [unit_rows(n, d, dtype, seed=100 + i) for i in range(4)]
+            for group in groups:
+                for bm, warps, stages in ((128, 8, 3), (128, 8, 2), (64, 4, 3), (64, 4, 2), (64, 8, 3)):
+                    os.environ.update(CAPSID_TRITON_BM=str(bm), CAPSID_TRITON_WARPS=str(warps),
+                                      CAPSID_TRITON_STAGES=str(stages), CAPSID_TRITON_GROUP=str(group))
+                    route_fwd._WORKING.clear()
+                    try:
+                        t = bench(lambda r: ck.route(r, W, b, D, rounds=ROUNDS, precision=precision, backend="triton"),
+                                  inputs, warmup=2, repeats=10, max_time_ms=500)
+                        err = None
+                    except Exception as e:  # noqa: BLE001  a config that does not compile is a data point
+                        t, err = None, f"{type(e).__name__}: {str(e)[:100]}"
+                    launched = next((c for key, c in route_fwd._WORKING.items() if key[0] == "forward"), None)
+                    rows.append(make_row(op="route_sweep", backend="triton", dtype=prec,
+                                         shapes={"N": n, "K": K, "d_c": dc, "d": d, "T": ROUNDS, "preset": preset,
+                                                 "BM": bm, "warps": warps, "stages": stages},
+                                         timing=t, items=n, flops=2.0 * n * K * dc * d * ROUNDS, env=env, group=group,
+                                         launched=launched, **({"error": err} if err else {})))
+                    r = rows[-1]
+                    print(f"sweep {preset} {prec} GROUP={group} BM={bm} warps={warps} stages={stages}: "
+                          + (f"{r['ns_per_item_layer']:.2f} ns/item-layer {r['tflops']:.1f} TFLOP/s, ran {launched}"
+                             if t else err), flush=True)
+    finally:
+        for k in SWEEP_ENV:
             os.environ.pop(k, None)
     return rows
 
@@ -592,6 +611,7 @@ def _checked_args(p: argparse.ArgumentParser, args) -> SimpleNamespace:
         stack_backends=_names(p, "--train-stack-backends", args.train_stack_backends, STACK_BACKENDS),
         fair_ns=_ints(p, "--fair-ns", args.fair_ns),
         tokenizer_modes=_names(p, "--tokenizer-modes", args.tokenizer_modes, tuple(TOKENIZER_MODES)),
+        groups=[int(g) for g in _names(p, "--groups", args.groups, ("1", "2", "4", "8"))],
     )
 
 
@@ -613,6 +633,8 @@ def main(argv=None) -> int:
     p.add_argument("--backends", default=",".join(FORWARD_BACKENDS), help="of the forward rows")
     p.add_argument("--quick", action="store_true", help="N = 16384, 65536 only")
     p.add_argument("--sweep", action="store_true", help="only the Triton tile-configuration sweep")
+    p.add_argument("--groups", default="2,4,8",
+                   help="of the sweep: CAPSID_TRITON_GROUP values (capsules per vote GEMM: 1, 2, 4 or 8)")
     p.add_argument("--tokenizer-n", type=int, default=35_800_000, help="0 skips the whole-tokenizer row")
     p.add_argument("--tokenizer-precs", default="bf16")
     p.add_argument("--tokenizer-backends", default="triton,cuda",
@@ -650,7 +672,7 @@ def main(argv=None) -> int:
     rows = matmul_ceiling(env)
     print_table(rows, ["op", "dtype", "median_ms", "tflops"])
     if args.sweep:
-        rows += sweep(env)
+        rows += sweep(env, lists.groups)
         write_rows(rows, out / f"{args.tag}_sweep.json")
         return 0
     when = f"{env['gpu']} ({env['date'][:10]})"

@@ -16,6 +16,10 @@ Schedule (per tile of BM items, one program):
 So T rounds cost T vote passes (T − 1 rounds + the final pass) plus one small GEMM. Then
 z = D rec, r' = r − η z, ||r'|| and the stop reason, in the same program.
 
+Capsules go two at a time (two vote GEMMs of N = d_c in flight, one softmax rescale per pair).
+CAPSID_TRITON_GROUP = 1, 4 or 8 launches route_fwd_grouped.py's kernel instead: the same math with
+G capsules in one GEMM of N = G·d_c and one rescale per group (issue 20, chosen by measurement).
+
 Precision: bfloat16 inputs use bf16 tensor-core products with float32 accumulation (products of
 bf16 values are exact in float32, as in the reference). Float32 inputs use ``FP32_DOT`` for the
 vote GEMMs: "tf32" when precision="tf32" is asked for, else ``EXACT_FP32`` ("tf32x3": the split
@@ -266,8 +270,15 @@ def launch(kernel, grid_fn, args: tuple, consts: dict, cfg: dict, key: tuple, ta
                 raise
 
 
-def _launch(grid_rows: int, args: tuple, consts: dict, cfg: dict, key: tuple) -> None:
-    launch(route_fwd_kernel, lambda c: (triton.cdiv(grid_rows, c["BM"]),), args, consts, cfg, ("forward",) + key)
+def _launch(grid_rows: int, args: tuple, consts: dict, cfg: dict, key: tuple, group: int) -> None:
+    """``route_fwd_kernel`` for capsules in pairs (group 2, the default), else the grouped schedule
+    of route_fwd_grouped.py with its GROUP (its W and b packed by ``group_layer``)."""
+    kernel = route_fwd_kernel
+    if group != 2:
+        from .route_fwd_grouped import route_fwd_grouped_kernel as kernel
+
+        consts = dict(consts, GROUP=group)
+    launch(kernel, lambda c: (triton.cdiv(grid_rows, c["BM"]),), args, consts, cfg, ("forward", group) + key)
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -277,28 +288,49 @@ def _pow2(n: int, lo: int = 16) -> int:
 SMEM_BUDGET = 220 * 1024  # of the H100's 227 KB per block, leaving room for layout scratch
 
 
-def smem_estimate(bm: int, bd: int, bc: int, stages: int, elsize: int) -> int:
+def smem_estimate(bm: int, bd: int, bc: int, stages: int, elsize: int, group: int = 2) -> int:
     """Shared memory of one program: the r tile, then the pipelined W tiles or (after the loops,
     reusing that space) the z = D rec operands. A first guess: ``_launch`` retries smaller."""
     small = (bm * bc + bc * bd) * 4 if elsize == 4 else (2 * bm * bc + bc * bd) * 2
-    return bm * bd * elsize + max(stages * 2 * bc * bd * elsize, small)  # W tiles come in pairs
+    return bm * bd * elsize + max(stages * group * bc * bd * elsize, small)  # W tiles come ``group`` at a time
+
+
+GROUPS = (1, 2, 4, 8)  # capsules per vote GEMM: 2 is route_fwd_kernel, the others route_fwd_grouped.py
+
+
+def _group() -> int:
+    """CAPSID_TRITON_GROUP (capsules per vote GEMM, one of ``GROUPS``), default 2."""
+    text = os.environ.get("CAPSID_TRITON_GROUP", "") or "2"
+    if text not in tuple(map(str, GROUPS)):
+        raise ValueError(f"CAPSID_TRITON_GROUP: expected one of {', '.join(map(str, GROUPS))}, got {text!r}; "
+                         "unset it for the default (2)")
+    return int(text)
 
 
 def tile_config(d: int, dc: int, device_type: str, elsize: int = 2) -> dict:
     """Block sizes and launch settings (measured on an H100, bench/routing.py --sweep; tiny tiles
-    under the CPU interpreter). CAPSID_TRITON_BM / _WARPS / _STAGES override for sweeps."""
+    under the CPU interpreter). CAPSID_TRITON_BM / _WARPS / _STAGES override for sweeps, and
+    CAPSID_TRITON_GROUP picks the schedule (``GROUP``: capsules per vote GEMM, also read under the
+    interpreter so the CPU tests reach every schedule); callers pop ``GROUP`` before the launch."""
     bd, bc = _pow2(d), _pow2(dc)
+    group = _group()
     if device_type != "cuda":
-        return dict(BM=16, BD=bd, BC=bc, num_warps=4, num_stages=1)
+        return dict(BM=16, BD=bd, BC=bc, num_warps=4, num_stages=1, GROUP=group)
     # 128 x 64 float32 tiles in 8 warps fit the registers without spilling; wider capsules halve BM.
     bm = int(os.environ.get("CAPSID_TRITON_BM", 0)) or (128 if bc <= 64 and bd <= 128 else 64)
     warps = int(os.environ.get("CAPSID_TRITON_WARPS", 0)) or 8
     stages = int(os.environ.get("CAPSID_TRITON_STAGES", 0)) or 3
-    while stages > 1 and smem_estimate(bm, bd, bc, stages, elsize) > SMEM_BUDGET:
+    while stages > 1 and smem_estimate(bm, bd, bc, stages, elsize, group) > SMEM_BUDGET:
         stages -= 1
-    while bm > 16 and smem_estimate(bm, bd, bc, stages, elsize) > SMEM_BUDGET:
+    while bm > 16 and smem_estimate(bm, bd, bc, stages, elsize, group) > SMEM_BUDGET:
         bm //= 2
-    return dict(BM=bm, BD=bd, BC=bc, num_warps=warps, num_stages=stages)
+    if group != 2 and smem_estimate(bm, bd, bc, stages, elsize, group) > SMEM_BUDGET:
+        # Smaller item tiles cannot shrink a group's W tile: say so before compiling (pairs keep the launch's fallback).
+        need = smem_estimate(bm, bd, bc, stages, elsize, group) // 1024
+        raise ValueError(f"CAPSID_TRITON_GROUP={group}: one group's W tile [{bd}, {group * bc}] needs {need} KiB of "
+                         f"shared memory with d={d}, d_c={dc}, over the {SMEM_BUDGET // 1024} KiB budget; use a "
+                         "smaller group")
+    return dict(BM=bm, BD=bd, BC=bc, num_warps=warps, num_stages=stages, GROUP=group)
 
 
 def fp32_dot(dtype: torch.dtype, tf32: bool, device_type: str = "cuda") -> str:
@@ -385,7 +417,12 @@ def route_forward(r, W, b, D, rounds: int, hard: bool, eta: float, tau: float, e
     srec = torch.empty((n, dc) if save else (0,), dtype=f32, device=dev)
     if n > 0:
         cfg = tile_config(d, dc, dev.type, r.element_size())
+        group = cfg.pop("GROUP")
         Wp, bp, wbar, bbar = pack_layer(W, b, cfg["BC"], cfg["BD"], tf32)
+        if group != 2:
+            from .route_fwd_grouped import group_layer
+
+            Wp, bp = group_layer(Wp, bp, k, group)
         v1 = first_round_votes(r, wbar, bbar)
         dummy = token
         consts = dict(ROUNDS=rounds, HARD=hard, NEED_W=need_weights, NEED_ONORM=need_onorm, STACK=False,
@@ -394,7 +431,7 @@ def route_forward(r, W, b, D, rounds: int, hard: bool, eta: float, tau: float, e
         args = (r, dummy, dummy, Wp, bp, D, v1, q, rout, z, logits, lse, onorm, token, reason,
                 dummy, dummy, dummy, q, q, q, sv if save else q, slse if save else q, srec if save else q,
                 n, k, d, dc, 0, 0, float(eta), float(tau), float(eps), int(bool(last)))
-        _launch(n, args, consts, cfg, (d, dc, r.dtype, tuple(consts.items())))
+        _launch(n, args, consts, cfg, (d, dc, r.dtype, tuple(consts.items())), group)
     weights = torch.exp(logits - lse[:, None]) if need_weights else logits
     if save:
         return q, rout, z, weights, onorm, token, reason, sv, slse, srec
@@ -415,6 +452,11 @@ def route_stack_depth(R, idx, count, packed, D, *, capsules, rounds, hard, eta, 
     if cap == 0:
         return
     cfg = tile_config(d, dc, R.device.type, R.element_size())
+    group = cfg.pop("GROUP")
+    if group != 2:  # the stack packs pairs once; another schedule regroups them per depth (a few MB)
+        from .route_fwd_grouped import group_layer
+
+        Wp, bp = group_layer(Wp, bp, k, group)
     v1 = first_round_votes(R, wbar, bbar)  # for every row of the chunk: the kernel reads rows idx
     consts = dict(ROUNDS=rounds, HARD=hard, NEED_W=need_weights, NEED_ONORM=True, STACK=True,
                   FP32_DOT=fp32_dot(R.dtype, tf32, R.device.type), ROUND_BY_HAND=_round_by_hand(R))
@@ -422,4 +464,4 @@ def route_stack_depth(R, idx, count, packed, D, *, capsules, rounds, hard, eta, 
             rec["confidence"], R, R, rec["logits"], rec["lse"], rec["onorm"], rec["token"], rec["stop_reason"],
             sids, lengths, reasons, recon, rec["residual_norm"], rec["prev_residual_norm"], R, R, R,
             cap, k, d, dc, sids.stride(0), depth, float(eta), float(tau), float(eps), int(bool(last)))
-    _launch(cap, args, consts, cfg, (d, dc, R.dtype, tuple(consts.items())))
+    _launch(cap, args, consts, cfg, (d, dc, R.dtype, tuple(consts.items())), group)
