@@ -50,7 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .route_fwd import _pow2, _round_tf32, _squash_scale, acc_dtype, fp32_dot, launch as _launch, pack_layer
+from .jit_math import _round_tf32, _squash_scale
+from .route_fwd import _pow2, acc_dtype, fp32_dot, launch as _launch, pack_layer
 
 
 @triton.jit

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .route_fwd import _out, _round_tf32, _squash_scale
+from .jit_math import _out, _round_tf32, _squash_scale
 
 
 @triton.jit

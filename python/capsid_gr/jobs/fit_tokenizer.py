@@ -27,7 +27,8 @@ from ..bpe import MergeTable, base_vocab_size, to_global
 from ..metrics import tokenizer_metrics
 from ..stage1 import Stage1Config, Stage1Result, tokenize_items, train_stage1
 from ..tokenizer.hamr import HaMRConfig
-from .tokenizers import BASELINES, canonical, capsid_variant
+from ..tokenizer.inference import unique_stop_tokenize
+from .tokenizers import BASELINES, UNIQUE_STOP, canonical, capsid_variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,8 @@ class TokenizerFit:
     """CAPSID's inference pass over every item after Stage 1."""
     merges: Optional[MergeTable] = None
     """CAPSID's SemanticBPE vocabulary; empty when the variant trains no gate (lambda_bpe = 0)."""
+    held: Optional[list] = None
+    """A uniqueness-aware stop's items held per depth (`UniqueStop.held`); None for the plain rule."""
 
     @property
     def uses_merges(self) -> bool:
@@ -146,14 +149,18 @@ def _fit_capsid(name: str, x: np.ndarray, weights: np.ndarray, s: FitSettings, s
     tokenizer = ck.CapsIDTokenizer(tok_cfg, seed=seed).to(device)
     result = train_stage1(tokenizer, xt, weights, st_cfg, out_dir=out_dir, resume=s.resume,
                           show_progress=s.show_progress)
+    held = None
     with torch.no_grad():
-        final = tokenize_items(tokenizer, xt)
+        if name in UNIQUE_STOP:
+            final, held = unique_stop_tokenize(tokenizer, xt)
+        else:
+            final = tokenize_items(tokenizer, xt)
     seconds = time.perf_counter() - start
     sids = final.sids.cpu().numpy()
     ks = tuple(tok_cfg.capsules_per_depth)
     fit = TokenizerFit(name=name, seed=seed, x=x, weights=weights, sids=sids, codes=sids, capsules=ks,
                        code_capsules=ks, centres=[], seconds=seconds, config=tok_cfg,
-                       tokenizer=tokenizer, stage1_config=st_cfg, stage1=result, final=final)
+                       tokenizer=tokenizer, stage1_config=st_cfg, stage1=result, final=final, held=held)
     fit.merges = result.merges if fit.uses_merges else MergeTable(base_vocab_size(ks), [])
     return fit
 
@@ -216,6 +223,9 @@ def _capsid_diagnostics(fit: TokenizerFit) -> dict:
     stack = fit.tokenizer.diagnostics(fit.final)
     diag["depths"] = [{k: v for k, v in d.items() if k != "code_usage"} for d in stack["depths"]]
     diag["val_route"] = result.best_val_route
+    if fit.held is not None:
+        diag["stop_rule"] = "unique"
+        diag["held_per_depth"] = list(fit.held)
     diag["stage1"] = {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
                       "stopped_early": result.stopped_early, "seconds": result.seconds,
                       "config": fit.stage1_config.to_dict()}
