@@ -29,6 +29,9 @@
 #   FIT_SECONDS=380 JOB_TIMEOUT=480 bash scripts/beauty_final.sh Q
 #                                    # the GPU tests beside RQ-KMeans x3 and GAOQ seed 0 keeping their beams
 #                                    # (--save-lists) for scripts/rerank_lists.py
+#   FIT_SECONDS=330 JOB_TIMEOUT=440 bash scripts/beauty_final.sh V
+#                                    # Q's runs and capsid-unique seed 0 (uniqueness-aware stop, Stage 1 cut to
+#                                    # its warm-up epoch), all keeping their beams, beside the GPU tests
 #   FIT_SECONDS=330 JOB_TIMEOUT=500 bash scripts/beauty_final.sh U
 #                                    # the rest of issue 16's table on the auto-weighted vectors, keeping their
 #                                    # beams: RQ-VAE seeds 1, 2, GAOQ seed 2, CAPSID seed 0 (GPU tests: TESTS=1)
@@ -127,6 +130,15 @@ case "${1:-A}" in
         --continue-on-collection-errors > "$O/pytest_gpu.log" 2>&1; echo "gpu tests rc=$?" >> "$O/pytest_gpu.log") &
      OUT=$O/q VECTORS=.data/beauty_vectors_c075.npy EXTRA="--save-lists" bash scripts/beauty_job.sh "rqkmeans 0" \
        "rqkmeans 1" "rqkmeans 2" "gaoq 0"
+     wait ;;
+  V) O=${OUT:-gpu-logs}; mkdir -p "$O"; t=$(date +%s)  # Q's runs plus CAPSID with the uniqueness-aware stop
+     # (capsid-unique, Stage 1 cut to its warm-up epoch, which early stopping picks in every CAPSID run)
+     TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"
+     python3 -c "import capsid_kernels._C" || exit 1
+     (PYTHONPATH="$PWD:$PWD/python" timeout ${TEST_TIMEOUT:-400} python3 -m pytest -v -m gpu -p no:cacheprovider \
+        --continue-on-collection-errors > "$O/pytest_gpu.log" 2>&1; echo "gpu tests rc=$?" >> "$O/pytest_gpu.log") &
+     OUT=$O/v VECTORS=.data/beauty_vectors_c075.npy EXTRA="--save-lists" bash scripts/beauty_job.sh "rqkmeans 0" \
+       "rqkmeans 1" "rqkmeans 2" "gaoq 0" "capsid-unique 0 --set stage1.epochs=1"
      wait ;;
   U) O=${OUT:-gpu-logs}; mkdir -p "$O"; t=$(date +%s)  # RQ-VAE x2, GAOQ, CAPSID with their beams (see the header)
      TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"
