@@ -29,7 +29,7 @@
 #   FIT_SECONDS=380 JOB_TIMEOUT=480 bash scripts/beauty_final.sh Q
 #                                    # the GPU tests beside RQ-KMeans x3 and GAOQ seed 0 keeping their beams
 #                                    # (--save-lists) for scripts/rerank_lists.py
-#   FIT_SECONDS=330 JOB_TIMEOUT=440 bash scripts/beauty_final.sh V
+#   FIT_SECONDS=330 JOB_TIMEOUT=440 bash scripts/beauty_final.sh V   (capsid-unique without SemanticBPE: one change)
 #                                    # Q's runs and capsid-unique seed 0 (uniqueness-aware stop, Stage 1 cut to
 #                                    # its warm-up epoch), all keeping their beams, beside the GPU tests
 #   FIT_SECONDS=330 JOB_TIMEOUT=500 bash scripts/beauty_final.sh U
@@ -138,7 +138,7 @@ case "${1:-A}" in
      (PYTHONPATH="$PWD:$PWD/python" timeout ${TEST_TIMEOUT:-400} python3 -m pytest -v -m gpu -p no:cacheprovider \
         --continue-on-collection-errors > "$O/pytest_gpu.log" 2>&1; echo "gpu tests rc=$?" >> "$O/pytest_gpu.log") &
      OUT=$O/v VECTORS=.data/beauty_vectors_c075.npy EXTRA="--save-lists" bash scripts/beauty_job.sh "rqkmeans 0" \
-       "rqkmeans 1" "rqkmeans 2" "gaoq 0" "capsid-unique 0 --set stage1.epochs=1"
+       "rqkmeans 1" "rqkmeans 2" "gaoq 0" "capsid-unique 0 --set stage1.epochs=1 --set stage1.lambda_bpe=0"
      wait ;;
   U) O=${OUT:-gpu-logs}; mkdir -p "$O"; t=$(date +%s)  # RQ-VAE x2, GAOQ, CAPSID with their beams (see the header)
      TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"
