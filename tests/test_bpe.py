@@ -153,3 +153,44 @@ def test_bpe_loss_by_hand_and_gumbel_gate():
     assert ((hard < 0.05) | (hard > 0.95)).double().mean() > 0.8
     assert hard[1::2].mean().item() == pytest.approx(p1.item(), abs=0.06)
     assert bpe_loss(logits[:0], labels[:0]).item() == 0.0
+
+
+def test_item_space_embedding_is_the_mean_of_the_carrying_items():
+    """SPEC §5: row t = mean of the unit vectors of the items whose SID carries t; zeros elsewhere."""
+    from capsid_gr.bpe import item_space_embeddings
+
+    g = np.random.default_rng(3)
+    x = torch.as_tensor(g.normal(size=(40, 6)) * g.uniform(0.5, 3.0, size=(40, 1)))
+    ids = g.integers(3, 20, size=(40, 4))
+    ids[g.random(ids.shape) < 0.3] = NO_TOKEN
+    emb = item_space_embeddings(ids, x, 24)
+    unit = (x / x.norm(dim=1, keepdim=True)).numpy()
+    for t in range(24):
+        occ = [(i, j) for i in range(40) for j in range(4) if ids[i, j] == t]  # every occurrence counts once
+        if not occ:
+            assert torch.equal(emb[t], torch.zeros(6, dtype=torch.float64)), t
+            continue
+        want = np.mean([unit[i] for i, _ in occ], axis=0)
+        np.testing.assert_allclose(emb[t].numpy(), want, rtol=0, atol=1e-12, err_msg=str(t))
+    with pytest.raises(ValueError, match=r"ids: expected \[N = 40, L\]"):
+        item_space_embeddings(ids[:5], x, 24)
+    with pytest.raises(ValueError, match=r"ids: expected token ids in \[0, 10\)"):
+        item_space_embeddings(ids, x, 10)
+
+
+def test_item_space_cosine_finds_pairs_the_centres_cannot():
+    """Two depths' tokens carried by the same items embed alike in item space (cos ~ 1), whatever
+    the codebook centres are; tokens of unrelated items do not."""
+    from capsid_gr.bpe import item_space_embeddings
+    from capsid_gr.bpe.pairs import pair_cosine
+
+    g = np.random.default_rng(0)
+    centres = g.normal(size=(2, 6))
+    x = torch.as_tensor(np.concatenate([centres[0] + 0.05 * g.normal(size=(20, 6)),
+                                        centres[1] + 0.05 * g.normal(size=(20, 6))]))
+    ids = np.zeros((40, 2), np.int64)
+    ids[:20] = [3, 5]  # cluster 0: token 3 at depth 1, token 5 at depth 2
+    ids[20:] = [4, 6]  # cluster 1: tokens 4 and 6
+    cos = pair_cosine(item_space_embeddings(ids, x, 7), np.array([[3, 5], [4, 6], [3, 6]])).numpy()
+    assert cos[0] > 0.99 and cos[1] > 0.99
+    assert cos[2] < cos[0] - 0.1

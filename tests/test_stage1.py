@@ -192,3 +192,29 @@ def test_resume_accepts_another_backend_and_refuses_other_routing(tmp_path):
     assert _tokenizer_identity(None, tok.config) is None
     assert set(ck.CapsIDConfig().to_dict()) - set(ck.CapsIDConfig().identity()) == {"backend", "precision",
                                                                                       "check_inputs"}
+
+
+def test_stage1_semantic_bpe_merges_with_the_item_space_embedding(tmp_path):
+    """SPEC §5: with the item-space token embedding SemanticBPE finds candidates and merges on a
+    clustered catalogue (with codebook centres it found none); the candidates' cosines are those of
+    `Stage1Result.token_emb`, which is the item-space embedding of the final SIDs, and every item
+    round-trips through the merges."""
+    from capsid_gr.bpe import item_space_embeddings, to_global
+    from capsid_gr.bpe.pairs import pair_cosine
+
+    data, x, w = _synthetic()
+    tok = _small_tokenizer(k=16, l_max=3)
+    cfg = Stage1Config(epochs=2, batch_size=128, lr=1e-2, val_fraction=0.1)
+    res = train_stage1(tok, x, w, cfg, out_dir=tmp_path, show_progress=False)
+    ks = tok.config.capsules_per_depth
+    with torch.no_grad():
+        sids = tok.tokenize(x).sids.numpy()
+    ids = to_global(sids, ks)
+    emb = item_space_embeddings(ids, x, res.token_emb.shape[0])
+    torch.testing.assert_close(res.token_emb, emb, rtol=0, atol=1e-12)
+    assert len(res.candidates.pairs) > 0 and len(res.merges) > 0
+    np.testing.assert_allclose(res.candidates.cos, pair_cosine(emb, res.candidates.pairs).numpy(), rtol=0, atol=1e-12)
+    assert (res.candidates.cos > cfg.bpe.theta_end).all()
+    for row in ids:
+        toks = [int(t) for t in row if t >= 0]
+        assert res.merges.decode_item(res.merges.encode_item(toks)) == toks

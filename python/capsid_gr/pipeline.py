@@ -307,7 +307,6 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
     if variant in BASELINES:
         return fit_baseline(variant, x, preset, seed)
 
-    from .bpe import token_embeddings
     from .jobs.fit_tokenizer import fit_tokenizer
 
     fit = fit_tokenizer(variant, x, fit_settings(preset, show_progress=not args.quiet), seed,
@@ -325,8 +324,7 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
         tensors, _ = load_checkpoint(run_dir / "stage1.safetensors")
         gate.load_state_dict({k[len("best.gate."):]: v.to(device) for k, v in tensors.items()
                               if k.startswith("best.gate.")})
-        emb = token_embeddings([m.centres() for m in tokenizer.layers])
-        logit = merge_gate_logits(gate, emb, res.candidates, merges)
+        logit = merge_gate_logits(gate, res.token_emb.to(device), res.candidates, merges)
     items = from_capsid(tokenizer, xt, fit.final.sids, merges, logit, name=variant,
                         disambiguate=variant in DISAMBIGUATED, popularity=data.popularity())
     diag = tokenizer.diagnostics(fit.final)

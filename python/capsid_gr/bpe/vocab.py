@@ -36,8 +36,27 @@ def to_codes(ids: np.ndarray, capsules: Sequence[int]) -> np.ndarray:
     return np.where(ids >= 0, ids - off[None, :], NO_TOKEN)
 
 
-def token_embeddings(centres: Sequence[Tensor]) -> Tensor:
-    """Rows indexed by global id: zeros for the specials, then every depth's codebook centres."""
-    first = centres[0]
-    specials = first.new_zeros(FIRST_CODE, first.shape[1])
-    return torch.cat([specials, *centres], dim=0)
+def item_space_embeddings(ids: np.ndarray, x: Tensor, vocab_size: int) -> Tensor:
+    """SPEC §5's token embedding: row t is the mean of the l2-normalised item vectors x [N, d] of the
+    items whose SID carries token t (global ids [N, L], NO_TOKEN padded; a depth's codes have their
+    own ids), float64 [vocab_size, d]; zeros for a token no item carries (cos = 0 with anything).
+
+    Codebook centres of adjacent depths live in near-orthogonal residual spaces (their cosine is
+    about 0 for any residual quantiser), so they cannot say whether two tokens mean alike; the
+    items that carry them can."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim != 2 or ids.shape[0] != x.shape[0]:
+        raise ValueError(f"ids: expected [N = {x.shape[0]}, L] global token ids, got shape {ids.shape}")
+    valid = ids != NO_TOKEN
+    if valid.any() and (ids[valid].min() < 0 or ids[valid].max() >= vocab_size):
+        raise ValueError(f"ids: expected token ids in [0, {vocab_size}) or {NO_TOKEN}, got "
+                         f"{int(ids[valid].min())}..{int(ids[valid].max())}")
+    xu = x.detach().double()
+    xu = xu / torch.linalg.vector_norm(xu, dim=1, keepdim=True).clamp_min(1e-30)
+    rows, cols = np.nonzero(valid)
+    tok = torch.as_tensor(ids[rows, cols], device=xu.device)
+    sums = torch.zeros(vocab_size, xu.shape[1], dtype=torch.float64, device=xu.device)
+    sums.index_add_(0, tok, xu[torch.as_tensor(rows, device=xu.device)])
+    counts = torch.bincount(tok, minlength=vocab_size).to(torch.float64)
+    return sums / counts.clamp_min(1.0)[:, None]
+

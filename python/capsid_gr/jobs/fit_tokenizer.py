@@ -230,20 +230,23 @@ def _capsid_diagnostics(fit: TokenizerFit) -> dict:
                       "stopped_early": result.stopped_early, "seconds": result.seconds,
                       "config": fit.stage1_config.to_dict()}
     diag["bpe"] = {"merges": len(fit.merges), "candidates": int(len(result.candidates.pairs)),
-                   **_pair_cosine_summary(fit.tokenizer, fit.sids, fit.weights, fit.capsules)}
+                   **_pair_cosine_summary(fit.x, fit.sids, fit.weights, fit.capsules)}
     diag["tokenizer_config"] = fit.config.to_dict()
     return diag
 
 
-def _pair_cosine_summary(tokenizer, sids: np.ndarray, weights: np.ndarray, ks) -> dict:
-    """How the corpus pairs' centre cosines sit against theta: why there are (no) candidates."""
-    from ..bpe import count_pairs, token_embeddings
+def _pair_cosine_summary(x: np.ndarray, sids: np.ndarray, weights: np.ndarray, ks) -> dict:
+    """How the corpus pairs' cosines (SPEC §5's item-space token embedding) sit against theta: why
+    there are (no) candidates."""
+    from ..bpe import count_pairs, item_space_embeddings
     from ..bpe.pairs import pair_cosine
 
-    pc = count_pairs(to_global(sids, ks), weights)
+    ids = to_global(sids, ks)
+    pc = count_pairs(ids, weights)
     if len(pc.pairs) == 0:
         return {"pairs": 0}
-    cos = pair_cosine(token_embeddings([m.centres() for m in tokenizer.layers]).detach().double(), pc.pairs).cpu().numpy()
+    emb = item_space_embeddings(ids, torch.as_tensor(x), base_vocab_size(ks))
+    cos = pair_cosine(emb, pc.pairs).cpu().numpy()
     q = np.quantile(cos, [0.5, 0.9, 0.99, 1.0])
     return {"pairs": int(len(pc.pairs)), "pair_cos_median": float(q[0]), "pair_cos_p90": float(q[1]),
             "pair_cos_p99": float(q[2]), "pair_cos_max": float(q[3])}

@@ -39,7 +39,7 @@ from ..bpe import (
     count_pairs,
     select_candidates,
     to_global,
-    token_embeddings,
+    item_space_embeddings,
 )
 from ..bpe.pairs import Candidates
 from ..tokenizer import losses, schedules
@@ -138,6 +138,8 @@ class Stage1Result:
     candidates: Candidates
     seconds: float
     init: Optional[dict] = None
+    token_emb: Optional[Tensor] = None
+    """SPEC §5's item-space token embedding [V_base, d] the final merges were chosen with (the gate's input)."""
 
 
 def split_items(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -156,16 +158,18 @@ def reconstruction_error(x: Tensor, out: ck.StackOutput) -> float:
 
 
 def bpe_candidates(tokenizer: ck.CapsIDTokenizer, sids: Tensor, item_weights: np.ndarray,
-                   cfg: SemanticBPEConfig, t: float) -> Candidates:
-    """Recount pairs over the corpus and select candidates with theta(t) and alpha(t)."""
+                   cfg: SemanticBPEConfig, t: float, x: Tensor) -> tuple[Candidates, Tensor]:
+    """Recount pairs over the corpus and select candidates with theta(t) and alpha(t); the token
+    embedding is recomputed with the counts, in item space from the items x and their SIDs (SPEC §5).
+    Returns (candidates, embedding [V_base, d])."""
     ks = tokenizer.config.capsules_per_depth
     ids = to_global(sids.cpu().numpy(), ks)
-    emb = token_embeddings([m.centres() for m in tokenizer.layers])
+    emb = item_space_embeddings(ids, x, base_vocab_size(ks)).to(x.device)
     return select_candidates(
         count_pairs(ids, item_weights), emb, n_min=cfg.n_min,
         theta=schedules.bpe_threshold(t, cfg.theta_start, cfg.theta_end),
         alpha=schedules.bpe_alpha(t, cfg.alpha, cfg.warmup), max_merges=cfg.max_merges,
-    )
+    ), emb
 
 
 def _state(tokenizer, gate) -> dict:
@@ -248,7 +252,7 @@ def train_stage1(
         t = schedules.progress(epoch, cfg.epochs)
         margin = schedules.spread_margin(t, cfg.margin_start, cfg.margin_end)
         tau_g = schedules.gumbel_temperature(t, cfg.bpe.gumbel_start, cfg.bpe.gumbel_end)
-        cands = bpe_candidates(tokenizer, full.sids, item_weights, cfg.bpe, t)
+        cands, emb = bpe_candidates(tokenizer, full.sids, item_weights, cfg.bpe, t, x)
         labels = torch.as_tensor(cands.label, dtype=torch.float32, device=device)
         order_seed, gumbel_seed = loop.seeds()
         order_gen = torch.Generator().manual_seed(order_seed)
@@ -274,7 +278,7 @@ def train_stage1(
             else:
                 l_spread = l_route.new_zeros(())
             if len(cands.pairs) and cfg.lambda_bpe > 0:
-                feats = gate.features(token_embeddings(centres), cands.pairs, cands.freq_hat)
+                feats = gate.features(emb, cands.pairs, cands.freq_hat)
                 l_bpe = bpe_loss(gate(feats), labels, tau_g=tau_g, generator=gumbel_gen)
             else:
                 l_bpe = l_route.new_zeros(())
@@ -313,11 +317,10 @@ def train_stage1(
     tokenizer.eval()
     gate.eval()
     full = tokenize_items(tokenizer, x, cfg.eval_batch_size)
-    final = bpe_candidates(tokenizer, full.sids, item_weights, cfg.bpe, 1.0)
-    emb = token_embeddings([m.centres() for m in tokenizer.layers])
+    final, emb = bpe_candidates(tokenizer, full.sids, item_weights, cfg.bpe, 1.0, x)
     merges = build_merge_table(final, gate, emb, base_vocab_size(c.capsules_per_depth), cfg.bpe.max_merges)
     return Stage1Result(loop.history, loop.best_epoch, loop.stopping.best, loop.stopped, merges, final,
-                        time.perf_counter() - start_time, init_summary)
+                        time.perf_counter() - start_time, init_summary, emb)
 
 
 def _select(out: ck.StackOutput, idx: Tensor) -> ck.StackOutput:
