@@ -32,6 +32,8 @@
 #   FIT_SECONDS=330 JOB_TIMEOUT=440 bash scripts/beauty_final.sh V   (capsid-unique without SemanticBPE: one change)
 #                                    # Q's runs and capsid-unique seed 0 (uniqueness-aware stop, Stage 1 cut to
 #                                    # its warm-up epoch), all keeping their beams, beside the GPU tests
+#   FIT_SECONDS=230 JOB_TIMEOUT=300 TEST_TIMEOUT=300 bash scripts/beauty_final.sh W
+#                                    # a short call: the GPU tests beside RQ-KMeans x3 keeping their beams
 #   FIT_SECONDS=330 JOB_TIMEOUT=500 bash scripts/beauty_final.sh U
 #                                    # the rest of issue 16's table on the auto-weighted vectors, keeping their
 #                                    # beams: RQ-VAE seeds 1, 2, GAOQ seed 2, CAPSID seed 0 (GPU tests: TESTS=1)
@@ -139,6 +141,14 @@ case "${1:-A}" in
         --continue-on-collection-errors > "$O/pytest_gpu.log" 2>&1; echo "gpu tests rc=$?" >> "$O/pytest_gpu.log") &
      OUT=$O/v VECTORS=.data/beauty_vectors_c075.npy EXTRA="--save-lists" bash scripts/beauty_job.sh "rqkmeans 0" \
        "rqkmeans 1" "rqkmeans 2" "gaoq 0" "capsid-unique 0 --set stage1.epochs=1 --set stage1.lambda_bpe=0"
+     wait ;;
+  W) O=${OUT:-gpu-logs}; mkdir -p "$O"; t=$(date +%s)  # a short call: the GPU tests beside RQ-KMeans x3 keeping beams
+     TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"
+     python3 -c "import capsid_kernels._C" || exit 1
+     (PYTHONPATH="$PWD:$PWD/python" timeout ${TEST_TIMEOUT:-300} python3 -m pytest -v -m gpu -p no:cacheprovider \
+        --continue-on-collection-errors > "$O/pytest_gpu.log" 2>&1; echo "gpu tests rc=$?" >> "$O/pytest_gpu.log") &
+     OUT=$O/w VECTORS=.data/beauty_vectors_c075.npy EXTRA="--save-lists" bash scripts/beauty_job.sh "rqkmeans 0" \
+       "rqkmeans 1" "rqkmeans 2"
      wait ;;
   U) O=${OUT:-gpu-logs}; mkdir -p "$O"; t=$(date +%s)  # RQ-VAE x2, GAOQ, CAPSID with their beams (see the header)
      TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$O/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - t )) s"

@@ -31,14 +31,16 @@ from capsid_gr.tokenizer.inference import tokenize_items, unique_stop_tokenize  
 from capsid_gr.vectors import load_vector_file  # noqa: E402
 
 
-def row(name: str, tokenizer, xt, sids, pop, targets, disambiguate: bool, held=None) -> dict:
+def row(name: str, tokenizer, xt, sids, pop, targets, disambiguate: bool, held=None, merges=None) -> dict:
     items = from_capsid(tokenizer, xt, sids, soft_inputs=False, disambiguate=disambiguate, popularity=pop)
+    merged = from_capsid(tokenizer, xt, sids, merges, soft_inputs=False, disambiguate=disambiguate, popularity=pop)
     lengths = (sids >= 0).sum(1).cpu().numpy()
     pm = items.path_matrix()
     return {"rule": name, "collision_rate": 1.0 - np.unique(sids.cpu().numpy(), axis=0).shape[0] / len(lengths),
             "leaves_shared_after_paths": 1.0 - np.unique(pm, axis=0).shape[0] / pm.shape[0],
             "mean_sid_length": float(lengths.mean()), "disambiguation_tokens": int(items.n_dedup),
             "mean_path_length": float(np.mean([len(p) - 1 for p in items.paths])),
+            "mean_path_length_merged": float(np.mean([len(p) - 1 for p in merged.paths])),
             "test_targets_not_first_in_leaf": pipeline.not_first_in_leaf(items, pop, targets),
             "length_histogram": {int(k): int(v) for k, v in zip(*np.unique(lengths, return_counts=True))},
             **({"held_per_depth": held} if held is not None else {})}
@@ -70,19 +72,21 @@ def main() -> int:
     plain = tokenize_items(tok, xt).sids
     unique, held = unique_stop_tokenize(tok, xt)
     targets = split.test.target
-    rows = [row("plain", tok, xt, plain, pop, targets, False),
-            row("plain + disambiguation token (capsid-dedup)", tok, xt, plain, pop, targets, True),
+    m = fit.merges
+    rows = [row("plain", tok, xt, plain, pop, targets, False, merges=m),
+            row("plain + disambiguation token (capsid-dedup)", tok, xt, plain, pop, targets, True, merges=m),
             row("uniqueness-aware (capsid-unique, before its L_max token)", tok, xt, unique.sids, pop, targets, False,
-                held),
+                held, merges=m),
             row("uniqueness-aware + disambiguation at L_max (capsid-unique)", tok, xt, unique.sids, pop, targets, True,
-                held)]
+                held, merges=m)]
     meta = {"data": args.data, "vectors": args.vectors, "preset": args.preset, "stage1_epochs": preset["stage1"].get("epochs"),
             "seed": args.seed, "device": args.device, "stage1_seconds": fit_s,
             "stage1_best_epoch": fit.stage1.best_epoch, "stage1_epochs_run": len(fit.stage1.history),
+            "bpe_candidates": int(len(fit.stage1.candidates.pairs)), "merges": len(fit.merges),
             "tokenizer": fit.config.to_dict(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
     write_text_atomic(Path(args.out + ".json"), json.dumps({"meta": meta, "rows": rows}, indent=2))
     cols = ("collision_rate", "mean_sid_length", "disambiguation_tokens", "mean_path_length",
-            "test_targets_not_first_in_leaf")
+            "mean_path_length_merged", "test_targets_not_first_in_leaf")
     lines = ["| rule | " + " | ".join(cols) + " | lengths | held per depth |", "|---" * (len(cols) + 3) + "|"]
     for r in rows:
         vals = [f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
