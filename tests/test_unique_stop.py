@@ -114,3 +114,26 @@ def test_pipeline_capsid_unique_gives_every_item_its_own_leaf(tmp_path, monkeypa
     assert unique["not_first_in_leaf"] == 0 and unique["disambiguation_tokens"] >= 0
     assert unique["mean_length"] >= plain["mean_length"]
     assert 0.0 <= unique["recall@10"] <= 1.0
+
+
+def test_stage1_ends_its_epochs_with_its_stop_rule(tmp_path):
+    """Stage1Config.stop_rule = "unique": every epoch's logged collision rate and the final SIDs are
+    the uniqueness-aware stop's (so epoch selection and the pair counts see them); a plain config
+    stores no stop_rule (old checkpoints resume); a bad rule names the field."""
+    from capsid_gr.stage1 import Stage1Config, train_stage1
+
+    tok, x = colliding_tokenizer(n=200)
+    tok = tok.float()
+    x = x.float()
+    w = np.ones(x.shape[0])
+    cfg = Stage1Config(epochs=2, batch_size=64, val_fraction=0.1, stop_rule="unique", init=None)
+    res = train_stage1(tok, x, w, cfg, out_dir=tmp_path, show_progress=False)
+    out = tokenize_items(tok, x, stop="unique")  # the tokenizer ends in its best epoch's state
+    best = next(r for r in res.history if r["epoch"] == res.best_epoch)
+    assert best["collision_rate"] == pytest.approx(tok.diagnostics(out)["collision_rate"])
+    assert best["mean_length"] == pytest.approx(float(out.lengths.double().mean()))
+    plain = tok.diagnostics(tokenize_items(tok, x))
+    assert best["mean_length"] > plain["mean_length"]
+    assert cfg.to_dict()["stop_rule"] == "unique" and "stop_rule" not in Stage1Config().to_dict()
+    with pytest.raises(ValueError, match="stop_rule: expected one of plain, unique, got 'first'"):
+        Stage1Config(stop_rule="first")

@@ -28,7 +28,7 @@ from ..metrics import tokenizer_metrics
 from ..stage1 import Stage1Config, Stage1Result, tokenize_items, train_stage1
 from ..tokenizer.hamr import HaMRConfig
 from ..tokenizer.inference import unique_stop_tokenize
-from .tokenizers import BASELINES, UNIQUE_STOP, canonical, capsid_variant
+from .tokenizers import BASELINES, canonical, capsid_variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +151,7 @@ def _fit_capsid(name: str, x: np.ndarray, weights: np.ndarray, s: FitSettings, s
                           show_progress=s.show_progress)
     held = None
     with torch.no_grad():
-        if name in UNIQUE_STOP:
+        if st_cfg.stop_rule == "unique":
             final, held = unique_stop_tokenize(tokenizer, xt)
         else:
             final = tokenize_items(tokenizer, xt)

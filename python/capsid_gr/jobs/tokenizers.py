@@ -28,16 +28,15 @@ CAPSID_VARIANTS: dict[str, tuple[dict, dict, dict]] = {
     "capsid-freqbpe": ({}, {}, {"alpha": 1.0}),
     "capsid-hamr": ({}, {"hamr": True}, {}),  # True: HaMRConfig()'s defaults (see capsid_variant)
     "capsid-dedup": ({}, {}, {}),  # Stage 1 as capsid; the generator's paths get DISAMBIGUATED
-    "capsid-unique": ({}, {}, {}),  # Stage 1 as capsid; inference SIDs by the UNIQUE_STOP rule
+    "capsid-unique": ({}, {"stop_rule": "unique"}, {}),  # the uniqueness-aware stop, in Stage 1 too
 }
 DISAMBIGUATED = frozenset({"capsid-dedup", "capsid-unique"})
 """CAPSID variants whose colliding items get a TIGER-style disambiguation token in the
-generator's paths (`from_capsid(disambiguate=True)`); SIDs and diagnostics are capsid's."""
-UNIQUE_STOP = frozenset({"capsid-unique"})
-"""CAPSID variants whose inference SIDs use the uniqueness-aware stop (SPEC §3,
-`tokenizer.inference.unique_stop_tokenize`): an item sharing its SID so far routes on; the items
-still colliding at L_max get the disambiguation token (they are also DISAMBIGUATED). Stage 1 and
-its SemanticBPE merges are capsid's (learned on the plain rule's end-of-epoch SIDs)."""
+generator's paths (`from_capsid(disambiguate=True)`). capsid-dedup's SIDs and diagnostics are
+capsid's. `capsid-unique` ends every Stage-1 epoch and the fit with the uniqueness-aware stop (SPEC §3,
+`tokenizer.inference.unique_stop_tokenize`; Stage1Config.stop_rule): an item sharing its SID so far
+routes on, so epoch selection and the SemanticBPE pair counts see those SIDs; only the items still
+colliding at L_max get the disambiguation token."""
 BASELINES = ("rqkmeans", "gaoq", "rqvae", "rqvae-hamr")
 TOKENIZERS = tuple(CAPSID_VARIANTS) + BASELINES
 

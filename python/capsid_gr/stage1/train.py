@@ -44,7 +44,7 @@ from ..bpe import (
 from ..bpe.pairs import Candidates
 from ..tokenizer import losses, schedules
 from ..tokenizer.forward import forward_all_depths
-from ..tokenizer.inference import tokenize_items
+from ..tokenizer.inference import STOP_RULES, tokenize_items
 from ..tokenizer.hamr import HaMRConfig, hamr_from_config, routing_embedding, sids_from_tokens
 from .init import InitConfig, data_init
 from ..checkpoint import differences
@@ -90,7 +90,10 @@ class Stage1Config:
     hamr.weight * L_HaMR on the routing weights of the depths each item reaches.
     `init`: the data-dependent capsule warm-up of capsid_gr.stage1.init (k-means centres, a
     per-depth routing sharpness), run on the training items before the first epoch; None
-    keeps the module's random initialisation (which stays in the uniform-routing regime)."""
+    keeps the module's random initialisation (which stays in the uniform-routing regime).
+    `stop_rule`: the inference SIDs every epoch ends with (`tokenizer.inference.STOP_RULES`):
+    "plain", or "unique" (the uniqueness-aware stop, `capsid-unique`), so the validation L_route
+    that selects the epoch and the SemanticBPE pair counts are those of the SIDs the run produces."""
 
     epochs: int = 100
     patience: int = 10
@@ -109,9 +112,12 @@ class Stage1Config:
     bpe: SemanticBPEConfig = field(default_factory=SemanticBPEConfig)
     hamr: Optional[HaMRConfig] = None
     init: Optional[InitConfig] = field(default_factory=InitConfig)
+    stop_rule: str = "plain"
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.stop_rule not in STOP_RULES:
+            raise ValueError(f"stop_rule: expected one of {', '.join(STOP_RULES)}, got {self.stop_rule!r}")
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1:
             raise ValueError(f"epochs, patience and batch_size must be >= 1, got {self.epochs}, "
                              f"{self.patience}, {self.batch_size}")
@@ -119,12 +125,15 @@ class Stage1Config:
             raise ValueError(f"val_fraction: expected a value in [0, 1), got {self.val_fraction}")
 
     def to_dict(self) -> dict:
-        """JSON-able settings; `hamr` only when set, so a run without HaMR stores the same
-        config as before the field existed and still resumes from those checkpoints."""
+        """JSON-able settings; `hamr` only when set and `stop_rule` only when not "plain", so a run
+        without them stores the same config as before the fields existed and still resumes from
+        those checkpoints."""
         d = dataclasses.asdict(self)
         for optional in ("hamr", "init"):
             if d[optional] is None:
                 del d[optional]
+        if d["stop_rule"] == "plain":
+            del d["stop_rule"]
         return d
 
 
@@ -245,7 +254,7 @@ def train_stage1(
     if meta is not None:
         init_summary = meta.get("init")
 
-    full = tokenize_items(tokenizer, x, cfg.eval_batch_size)
+    full = tokenize_items(tokenizer, x, cfg.eval_batch_size, stop=cfg.stop_rule)
     bar = tqdm(loop.epochs(), total=loop.epochs_left, desc="stage 1", unit="epoch",
                disable=not show_progress or loop.stopped)
     for epoch in bar:
@@ -294,7 +303,7 @@ def train_stage1(
                 sums[name] += float(v.detach())
         tokenizer.eval()
         gate.eval()
-        full = tokenize_items(tokenizer, x, cfg.eval_batch_size)
+        full = tokenize_items(tokenizer, x, cfg.eval_batch_size, stop=cfg.stop_rule)
         val = reconstruction_error(x[val_idx], _select(full, val_idx)) if val_idx.numel() else \
             reconstruction_error(x, full)
         loop.observe(val)
@@ -316,7 +325,7 @@ def train_stage1(
     loop.finish()
     tokenizer.eval()
     gate.eval()
-    full = tokenize_items(tokenizer, x, cfg.eval_batch_size)
+    full = tokenize_items(tokenizer, x, cfg.eval_batch_size, stop=cfg.stop_rule)
     final, emb = bpe_candidates(tokenizer, full.sids, item_weights, cfg.bpe, 1.0, x)
     merges = build_merge_table(final, gate, emb, base_vocab_size(c.capsules_per_depth), cfg.bpe.max_merges)
     return Stage1Result(loop.history, loop.best_epoch, loop.stopping.best, loop.stopped, merges, final,
