@@ -279,8 +279,10 @@ def _group() -> int:
 
 
 def tile_config(d: int, dc: int, device_type: str, elsize: int = 2) -> dict:
-    """Block sizes and launch settings (measured on an H100, bench/routing.py --sweep; tiny tiles
-    under the CPU interpreter). CAPSID_TRITON_BM / _WARPS / _STAGES override for sweeps, and
+    """Block sizes and launch settings (tiny tiles under the CPU interpreter). The committed
+    bench/results/routing_sweep.json does not support them: until 2026-12-08 the sweep reused the
+    first configuration that launched for every row (the launch cache), so they await a rerun of
+    bench/routing.py --sweep. CAPSID_TRITON_BM / _WARPS / _STAGES override for sweeps, and
     CAPSID_TRITON_GROUP picks the schedule (``GROUP``: capsules per vote GEMM, also read under the
     interpreter so the CPU tests reach every schedule); callers pop ``GROUP`` before the launch."""
     bd, bc = _pow2(d), _pow2(dc)
