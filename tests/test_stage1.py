@@ -207,14 +207,26 @@ def test_stage1_semantic_bpe_merges_with_the_item_space_embedding(tmp_path):
     cfg = Stage1Config(epochs=2, batch_size=128, lr=1e-2, val_fraction=0.1)
     res = train_stage1(tok, x, w, cfg, out_dir=tmp_path, show_progress=False)
     ks = tok.config.capsules_per_depth
-    with torch.no_grad():
-        sids = tok.tokenize(x).sids.numpy()
+    sids = tokenize_items(tok, x, cfg.eval_batch_size).sids.numpy()  # Stage 1's own call
     ids = to_global(sids, ks)
     emb = item_space_embeddings(ids, x, res.token_emb.shape[0])
     torch.testing.assert_close(res.token_emb, emb, rtol=0, atol=1e-12)
     assert len(res.candidates.pairs) > 0 and len(res.merges) > 0
     np.testing.assert_allclose(res.candidates.cos, pair_cosine(emb, res.candidates.pairs).numpy(), rtol=0, atol=1e-12)
-    assert (res.candidates.cos > cfg.bpe.theta_end).all()
     for row in ids:
         toks = [int(t) for t in row if t >= 0]
         assert res.merges.decode_item(res.merges.encode_item(toks)) == toks
+
+
+def test_resume_refuses_a_checkpoint_from_the_centre_embedding(tmp_path):
+    """A checkpoint whose gate was trained on codebook-centre features (no bpe_embedding in its
+    header, before 2026-12-08) must not resume under the item-space embedding."""
+    from capsid_gr.stage1.train import BPE_EMBEDDING, Stage1Config, _resume_mismatch
+
+    cfg = Stage1Config()
+    c = ck.CapsIDConfig()
+    import json
+
+    meta = json.loads(json.dumps({"config": cfg.to_dict(), "vectors": "d", "tokenizer_config": c.to_dict()}))
+    assert "codebook-centre" in _resume_mismatch(meta, cfg, "d", c)
+    assert _resume_mismatch({**meta, "bpe_embedding": BPE_EMBEDDING}, cfg, "d", c) is None

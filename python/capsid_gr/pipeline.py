@@ -326,7 +326,8 @@ def tokenize_catalogue(variant: str, x: np.ndarray, data, args, seed: int, devic
                               if k.startswith("best.gate.")})
         logit = merge_gate_logits(gate, res.token_emb.to(device), res.candidates, merges)
     items = from_capsid(tokenizer, xt, fit.final.sids, merges, logit, name=variant,
-                        disambiguate=variant in DISAMBIGUATED, popularity=data.popularity())
+                        disambiguate=variant in DISAMBIGUATED or fit.stage1_config.stop_rule == "unique",
+                        popularity=data.popularity())
     diag = tokenizer.diagnostics(fit.final)
     info.update(stage1_best_epoch=res.best_epoch, stage1_val_route=res.best_val_route, merges=len(items.merges),
                 mean_length=diag["mean_length"], collision_rate=diag["collision_rate"],

@@ -92,6 +92,6 @@ def format_comparison(summary: dict, markdown: bool = False) -> str:
         if "bpe" in d:
             b = d["bpe"]
             lines.append(("" if not markdown else "\n") + f"{name}: SemanticBPE {b['merges']} merges from {b['candidates']} "
-                         f"candidates; corpus pairs {b.get('pairs', 0)}, centre cosine median/p99/max "
+                         f"candidates; corpus pairs {b.get('pairs', 0)}, item-space pair cosine median/p99/max "
                          f"{_num(b.get('pair_cos_median'))}/{_num(b.get('pair_cos_p99'))}/{_num(b.get('pair_cos_max'))}")
     return "\n".join(lines)

@@ -29,8 +29,8 @@ class MergeGate(nn.Module):
     def features(self, emb: Tensor, pairs: np.ndarray, freq_hat: np.ndarray) -> Tensor:
         """[P, 2d + 2] inputs for global-id pairs against the token embeddings emb [V, d].
 
-        The embeddings are detached: the gate learns to read the codebook, it must not bend
-        the codebook to make its own labels easier.
+        The embeddings are detached: the gate learns to read the tokens' item-space embedding
+        (SPEC §5), it must not move the items' SIDs to make its own labels easier.
         """
         emb = emb.detach().to(self.hidden.weight.dtype)
         idx = torch.as_tensor(pairs, dtype=torch.int64, device=emb.device)

@@ -62,11 +62,18 @@ def _tokenizer_identity(stored: Optional[dict], config) -> Optional[dict]:
     return {k: stored.get(k) for k in config.identity()}
 
 
+BPE_EMBEDDING = "item-space"
+"""What the merge gate's token features are (stored in every checkpoint): SPEC §5's item-space embedding."""
+
+
 def _resume_mismatch(meta: dict, cfg: "Stage1Config", x_digest: str, config) -> Optional[str]:
     """Why a checkpoint cannot resume this run (None: it can): the Stage-1 settings, the item
     vectors, or the tokenizer's identity (`CapsIDConfig.identity()`: shape and routing, not the
     execution options) differ; the first differing fields are named."""
     settings = json.loads(json.dumps(cfg.to_dict()))
+    if meta.get("bpe_embedding") != BPE_EMBEDDING:
+        return ("SemanticBPE's token embedding: the checkpoint's gate was trained on codebook-centre features "
+                f"(before 2026-12-08), this run uses {BPE_EMBEDDING!r} (SPEC §5); start again with --no-resume")
     if meta.get("config") != settings:
         return "Stage-1 " + differences(meta.get("config") or {}, settings)
     if meta.get("vectors") != x_digest:
@@ -236,7 +243,8 @@ def train_stage1(
     if out_dir is not None:
         checkpoint = Checkpointing(
             Path(out_dir) / "stage1.safetensors", Path(out_dir) / "stage1_log.jsonl",
-            header={"config": cfg.to_dict(), "n_items": n, "vectors": x_digest, "tokenizer_config": c.to_dict()},
+            header={"config": cfg.to_dict(), "n_items": n, "vectors": x_digest, "tokenizer_config": c.to_dict(),
+                    "bpe_embedding": BPE_EMBEDDING},
             mismatch=lambda meta: _resume_mismatch(meta, cfg, x_digest, c))
     loop = TrainLoop(
         epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, schedule=Cosine(cfg.lr, cfg.epochs * steps_per_epoch),

@@ -10,13 +10,17 @@ Two stop rules:
   active at that depth does not stop at CONF or RESID but routes on, and stops at the first later
   depth where its SID so far is its own (or at L_max, where the items still colliding are left to
   the caller's disambiguation token, `generator.from_capsid(disambiguate=True)`). Routing an item
-  does not depend on other items, so every token is the plain rule's token at its depth; only the
-  lengths grow. The rule needs the whole catalogue at every depth, so the depths go one at a time
+  does not depend on other items, so every token is the plain rule's token at its depth (exactly in
+  float64 on the CPU; on a GPU the two paths route different row blocks, so a near tie may differ);
+  only the lengths grow. Memory: r, x̂ and the residual of the whole catalogue [N, d] stay on x's
+  device. The rule needs the whole catalogue at every depth, so the depths go one at a time
   over all items (the routing itself in chunks of ``batch_size`` through the tokenizer's
   ``route_depth``, any backend).
 
-Stage 1 calls the plain rule for its end-of-epoch SIDs; the pipeline, the tokenizer jobs and the
-sharded catalogue tokenization (capsid_gr.distributed.tokenize) call `tokenize_items` after training.
+Stage 1 ends every epoch with its config's rule (Stage1Config.stop_rule); the pipeline and the
+tokenizer jobs call `tokenize_items` after training. The sharded catalogue tokenization
+(capsid_gr.distributed.tokenize) is the plain rule only: the uniqueness-aware one needs every item at
+every depth.
 """
 
 from __future__ import annotations
